@@ -1,0 +1,39 @@
+import XCTest
+@testable import KVCCore
+
+final class CoreTests: XCTestCase {
+    func testSVDReconstructsMatrix() throws {
+        var rng = SeededRandom(seed: 1)
+        let m = 7, n = 5
+        let a = (0..<(m * n)).map { _ in rng.nextNormal() }
+        let (u, s, vt) = try LAPACK.svd(a, rows: m, cols: n)
+        XCTAssertEqual(s.count, 5)
+        for i in 0..<m {
+            for j in 0..<n {
+                var v: Float = 0
+                for p in 0..<5 { v += u[i * 5 + p] * s[p] * vt[p * n + j] }
+                XCTAssertEqual(v, a[i * n + j], accuracy: 1e-4)
+            }
+        }
+        XCTAssertTrue(zip(s, s.dropFirst()).allSatisfy { $0 >= $1 }, "singular values descend")
+    }
+
+    func testAtomicWriteReplacesWholeFile() throws {
+        let dir = NSTemporaryDirectory() + "kvc-atomic-\(getpid())"
+        let path = dir + "/out.txt"
+        try AtomicFile.write("first", to: path)
+        try AtomicFile.write("second", to: path)
+        XCTAssertEqual(try String(contentsOfFile: path, encoding: .utf8), "second")
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0 != "out.txt" }
+        XCTAssertEqual(leftovers, [], "no temporary files remain")
+    }
+
+    func testSeededRandomIsDeterministic() {
+        var a = SeededRandom(seed: 42), b = SeededRandom(seed: 42), c = SeededRandom(seed: 43)
+        let xa = (0..<100).map { _ in a.nextNormal() }
+        XCTAssertEqual(xa, (0..<100).map { _ in b.nextNormal() })
+        XCTAssertNotEqual(xa, (0..<100).map { _ in c.nextNormal() })
+        let mean = xa.reduce(0, +) / 100
+        XCTAssertEqual(mean, 0, accuracy: 0.3)
+    }
+}
