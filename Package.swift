@@ -17,6 +17,8 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .library(name: "KVCTensor", targets: ["KVCTensor"]),
+        .library(name: "KVCGGUF", targets: ["KVCGGUF"]),
+        .library(name: "KVCTokenizer", targets: ["KVCTokenizer"]),
         .library(name: "KVCBackbone", targets: ["KVCBackbone"]),
         .library(name: "KVCVision", targets: ["KVCVision"]),
         .executable(name: "kvc-demo", targets: ["kvc-demo"]),
@@ -37,8 +39,13 @@ let package = Package(
         .target(name: "KVCCore", dependencies: ["CBLAS"], swiftSettings: swiftSettings),
         // Reverse-mode autodiff tensors, ops, optimizers.
         .target(name: "KVCTensor", dependencies: ["KVCCore"], swiftSettings: swiftSettings),
-        // Frozen backbone: GGUF, tokenizer, Llama decoder, KV cache protocol, generation.
-        .target(name: "KVCBackbone", dependencies: ["KVCCore", "KVCTensor"], swiftSettings: swiftSettings),
+        // GGUF v3 reader with bounds checks and dequantization of its block formats.
+        .target(name: "KVCGGUF", dependencies: ["KVCCore"], swiftSettings: swiftSettings),
+        // Byte-level BPE tokenizer (vocabulary, merges, pre-tokenizer split, special tokens, chat template).
+        .target(name: "KVCTokenizer", dependencies: ["KVCCore"], swiftSettings: swiftSettings),
+        // Frozen backbone: Llama decoder, KV cache protocol, generation.
+        .target(name: "KVCBackbone", dependencies: ["KVCCore", "KVCTensor", "KVCGGUF", "KVCTokenizer"],
+                swiftSettings: swiftSettings),
         // Images, easy-VQA, the vision front end and the VLM that joins it to the decoder.
         .target(name: "KVCVision", dependencies: ["KVCCore", "KVCTensor", "KVCBackbone", "CPNG"],
                 swiftSettings: swiftSettings),
@@ -54,6 +61,9 @@ let package = Package(
         ], path: "Sources/Tools/kvc-bench", swiftSettings: swiftSettings),
 
         .testTarget(name: "KVCTensorTests", dependencies: ["KVCTensor"], swiftSettings: swiftSettings),
+        .testTarget(name: "KVCGGUFTests", dependencies: ["KVCGGUF"], swiftSettings: swiftSettings),
+        .testTarget(name: "KVCTokenizerTests", dependencies: ["KVCTokenizer", "KVCGGUF"],
+                    resources: [.copy("Fixtures")], swiftSettings: swiftSettings),
         .testTarget(name: "KVCBackboneTests", dependencies: ["KVCBackbone"],
                     resources: [.copy("Fixtures")], swiftSettings: swiftSettings),
         .testTarget(name: "KVCVisionTests", dependencies: ["KVCVision"], swiftSettings: swiftSettings),

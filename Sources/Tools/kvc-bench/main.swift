@@ -1,1 +1,11 @@
-print("not yet")
+import ArgumentParser
+
+/// Benchmarks print figures (a table, or JSON with --json), side by side with their reference in one run.
+struct KVCBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kvc-bench",
+        abstract: "Benchmarks of the toolkit, printed next to their references.",
+        subcommands: [])
+}
+
+KVCBench.main()
