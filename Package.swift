@@ -30,13 +30,14 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
-        // System libraries (Debian: libopenblas-dev, libzstd-dev, libpng-dev, libjpeg-dev).
+        // System libraries (Debian: libopenblas-dev, libzstd-dev, libxxhash-dev, libpng-dev, libjpeg-dev).
         .systemLibrary(name: "CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+        .systemLibrary(name: "CXXHash", pkgConfig: "libxxhash", providers: [.apt(["libxxhash-dev"])]),
         .systemLibrary(name: "CPNG", pkgConfig: "libpng", providers: [.apt(["libpng-dev", "libjpeg-dev"])]),
 
         // Shared plumbing: BLAS front door, float16, safetensors, atomic files, progress, RNG, errors.
-        .target(name: "KVCCore", dependencies: ["CBLAS"], swiftSettings: swiftSettings),
+        .target(name: "KVCCore", dependencies: ["CBLAS", "CXXHash"], swiftSettings: swiftSettings),
         // Reverse-mode autodiff tensors, ops, optimizers.
         .target(name: "KVCTensor", dependencies: ["KVCCore"], swiftSettings: swiftSettings),
         // GGUF v3 reader with bounds checks and dequantization of its block formats.

@@ -9,7 +9,7 @@ ASSETS="${KVC_ASSETS:-$PWD/assets}"
 
 # --- system packages -------------------------------------------------------------------------------------------
 need=()
-for pkg in libopenblas-dev libzstd-dev libpng-dev libjpeg-dev pkg-config unzip; do
+for pkg in libopenblas-dev libzstd-dev libxxhash-dev libpng-dev libjpeg-dev pkg-config unzip; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

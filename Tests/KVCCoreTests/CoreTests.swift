@@ -37,3 +37,13 @@ final class CoreTests: XCTestCase {
         XCTAssertEqual(mean, 0, accuracy: 0.3)
     }
 }
+
+final class ChecksumTests: XCTestCase {
+    func testXXH128KnownValuesAndSensitivity() throws {
+        // Reference values from Python's independent `xxhash` package: xxhash.xxh3_128_hexdigest(b"...").
+        XCTAssertEqual(Checksum.xxh128(Data()), "99aa06d3014798d86001c324468d497f")
+        let a = Checksum.xxh128(Data("kvcapsule".utf8))
+        XCTAssertEqual(a, "4d6f07c10718b1b4e503a242cd2bdee6")
+        XCTAssertNotEqual(a, Checksum.xxh128(Data("kvcapsulf".utf8)))
+    }
+}
