@@ -21,6 +21,7 @@ let package = Package(
         .library(name: "KVCTokenizer", targets: ["KVCTokenizer"]),
         .library(name: "KVCBackbone", targets: ["KVCBackbone"]),
         .library(name: "KVCVision", targets: ["KVCVision"]),
+        .library(name: "KVCCollect", targets: ["KVCCollect"]),
         .executable(name: "kvc-demo", targets: ["kvc-demo"]),
         .executable(name: "kvc-run", targets: ["kvc-run"]),
         .executable(name: "kvc-bench", targets: ["kvc-bench"]),
@@ -51,6 +52,9 @@ let package = Package(
         .target(name: "KVCVision", dependencies: ["KVCCore", "KVCTensor", "KVCBackbone", "CPNG"],
                 swiftSettings: swiftSettings),
 
+        // Collected KV caches: the shard format, its manifest, and the reader the trainer streams from.
+        .target(name: "KVCCollect", dependencies: ["KVCCore"], swiftSettings: swiftSettings),
+
         .executableTarget(name: "kvc-demo", dependencies: [
             "KVCTensor", "KVCVision", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "Sources/Tools/kvc-demo", swiftSettings: swiftSettings),
@@ -62,6 +66,7 @@ let package = Package(
         ], path: "Sources/Tools/kvc-bench", swiftSettings: swiftSettings),
 
         .testTarget(name: "KVCCoreTests", dependencies: ["KVCCore"], swiftSettings: swiftSettings),
+        .testTarget(name: "KVCCollectTests", dependencies: ["KVCCollect"], swiftSettings: swiftSettings),
         .testTarget(name: "KVCTensorTests", dependencies: ["KVCTensor"], swiftSettings: swiftSettings),
         .testTarget(name: "KVCGGUFTests", dependencies: ["KVCGGUF"], swiftSettings: swiftSettings),
         .testTarget(name: "KVCTokenizerTests", dependencies: ["KVCTokenizer", "KVCGGUF"],
