@@ -22,6 +22,7 @@ let package = Package(
         .library(name: "KVCBackbone", targets: ["KVCBackbone"]),
         .library(name: "KVCVision", targets: ["KVCVision"]),
         .library(name: "KVCCollect", targets: ["KVCCollect"]),
+        .library(name: "KVCCapsule", targets: ["KVCCapsule"]),
         .executable(name: "kvc-demo", targets: ["kvc-demo"]),
         .executable(name: "kvc-run", targets: ["kvc-run"]),
         .executable(name: "kvc-bench", targets: ["kvc-bench"]),
@@ -55,6 +56,9 @@ let package = Package(
         // Collected KV caches: the shard format, its manifest, and the reader the trainer streams from.
         .target(name: "KVCCollect", dependencies: ["KVCCore"], swiftSettings: swiftSettings),
 
+        // KVCapsule: retention, key reconstruction, value PCA, byte budgets, and the capsule cache.
+        .target(name: "KVCCapsule", dependencies: ["KVCCore", "KVCCollect"], swiftSettings: swiftSettings),
+
         .executableTarget(name: "kvc-demo", dependencies: [
             "KVCTensor", "KVCVision", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "Sources/Tools/kvc-demo", swiftSettings: swiftSettings),
@@ -67,6 +71,7 @@ let package = Package(
 
         .testTarget(name: "KVCCoreTests", dependencies: ["KVCCore"], swiftSettings: swiftSettings),
         .testTarget(name: "KVCCollectTests", dependencies: ["KVCCollect"], swiftSettings: swiftSettings),
+        .testTarget(name: "KVCCapsuleTests", dependencies: ["KVCCapsule"], swiftSettings: swiftSettings),
         .testTarget(name: "KVCTensorTests", dependencies: ["KVCTensor"], swiftSettings: swiftSettings),
         .testTarget(name: "KVCGGUFTests", dependencies: ["KVCGGUF"], swiftSettings: swiftSettings),
         .testTarget(name: "KVCTokenizerTests", dependencies: ["KVCTokenizer", "KVCGGUF"],

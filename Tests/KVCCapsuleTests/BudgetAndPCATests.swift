@@ -1,0 +1,107 @@
+import XCTest
+import KVCCore
+import KVCCollect
+@testable import KVCCapsule
+
+final class BudgetTests: XCTestCase {
+    func testPlanMeetsTheRatioWithinTwoPercent() {
+        for ratio in [0.4, 0.6, 0.8] {
+            for keyRatio in [ratio - 0.2, ratio, ratio + 0.1] {
+                for n in [64, 256, 1024] {
+                    let plan = CapsuleBudget(ratio: ratio, keyRatio: keyRatio).plan(tokens: n, headDim: 64)
+                    XCTAssertGreaterThanOrEqual(plan.measuredRatio, ratio - 0.02, "r=\(ratio) rK=\(keyRatio) N=\(n): \(plan)")
+                    XCTAssertLessThanOrEqual(plan.measuredRatio, ratio + 0.02, "r=\(ratio) rK=\(keyRatio) N=\(n): \(plan)")
+                }
+            }
+        }
+    }
+
+    func testByteCountsFollowTheFormats() {
+        let plan = CapsuleBudget(ratio: 0.6, keyRatio: 0.5).plan(tokens: 64, headDim: 64)
+        XCTAssertEqual(plan.keptKeys, 32)
+        XCTAssertEqual(plan.fullBytes, 2 * 64 * 64 * 2)
+        XCTAssertEqual(plan.keyBytes, 32 * 64 * 2)
+        // rV = 0.7: budget 0.3 * 4096 = 1228.8 halves; (64 + 64) q + 64 <= 1228.8 -> q = 9.
+        XCTAssertEqual(plan.valueRank, 9)
+        XCTAssertEqual(plan.valueBytes, (64 * 9 + 9 * 64 + 64) * 2)
+    }
+}
+
+final class RetentionTests: XCTestCase {
+    let grid = [ImageGrid(start: 0, rows: 8, cols: 8)]
+
+    func testHalfIsTheCheckerboardAndQuarterTheStrideTwoLattice() {
+        let half = RetentionPolicy.strided.mask(grids: grid, kept: 32)
+        for r in 0..<8 { for c in 0..<8 { XCTAssertEqual(half[r * 8 + c], (r + c) % 2 == 0, "(\(r),\(c))") } }
+        let quarter = RetentionPolicy.strided.mask(grids: grid, kept: 16)
+        for r in 0..<8 { for c in 0..<8 { XCTAssertEqual(quarter[r * 8 + c], r % 2 == 0 && c % 2 == 0, "(\(r),\(c))") } }
+    }
+
+    func testEveryDroppedTokenHasARetainedNeighbourDownToAQuarter() {
+        for kept in 16...63 {
+            for policy in RetentionPolicy.allCases {
+                let scores = (0..<64).map { Float(($0 * 37) % 64) }
+                let m = policy.mask(grids: grid, kept: kept, scores: scores)
+                XCTAssertEqual(m.filter { $0 }.count, kept)
+                for r in 0..<8 {
+                    for c in 0..<8 where !m[r * 8 + c] {
+                        var covered = false
+                        for dr in -1...1 { for dc in -1...1 {
+                            let rr = r + dr, cc = c + dc
+                            if rr >= 0, rr < 8, cc >= 0, cc < 8, m[rr * 8 + cc] { covered = true }
+                        } }
+                        XCTAssertTrue(covered, "\(policy) kept=\(kept): (\(r),\(c)) has no retained neighbour")
+                    }
+                }
+            }
+        }
+    }
+
+    func testScoredKeepsTheMostAttendedBeyondTheLattice() {
+        var scores = [Float](repeating: 0, count: 64)
+        scores[9] = 5   // (1,1): not on the stride-2 lattice
+        scores[3] = 4   // (0,3)
+        let m = RetentionPolicy.scored.mask(grids: grid, kept: 18, scores: scores)
+        XCTAssertTrue(m[9] && m[3])
+        XCTAssertTrue(m[0] && m[2] && m[18], "the coverage lattice comes first")
+    }
+
+    func testImagesOfAPromptKeepEqualShares() {
+        let grids = [ImageGrid(start: 0, rows: 8, cols: 8), ImageGrid(start: 64, rows: 8, cols: 8)]
+        let m = RetentionPolicy.strided.mask(grids: grids, kept: 64)
+        XCTAssertEqual(m[0..<64].filter { $0 }.count, 32)
+        XCTAssertEqual(m[64..<128].filter { $0 }.count, 32)
+    }
+}
+
+final class ValuePCATests: XCTestCase {
+    func testFullRankReproducesValuesToHalfPrecision() throws {
+        var rng = SeededRandom(seed: 3)
+        let n = 64, d = 16
+        let v = (0..<(n * d)).map { _ in rng.nextNormal() }
+        let f = try v.withUnsafeBufferPointer { try FactoredValues(values: $0, tokens: n, headDim: d, rank: d) }
+        let r = f.reconstruct()
+        for i in 0..<(n * d) { XCTAssertEqual(r[i], v[i], accuracy: 0.01) }
+    }
+
+    func testLowRankDataIsExactAtItsRankAndBytesAreCounted() throws {
+        var rng = SeededRandom(seed: 4)
+        let n = 40, d = 12, q = 3
+        let a = (0..<(n * q)).map { _ in rng.nextNormal() }, b = (0..<(q * d)).map { _ in rng.nextNormal() }
+        var v = [Float](repeating: 0.5, count: n * d)
+        for i in 0..<n { for j in 0..<d { for k in 0..<q { v[i * d + j] += a[i * q + k] * b[k * d + j] } } }
+        let f = try v.withUnsafeBufferPointer { try FactoredValues(values: $0, tokens: n, headDim: d, rank: q) }
+        XCTAssertEqual(f.byteCount, (n * q + q * d + d) * 2)
+        XCTAssertEqual(try FactoredValues.energyKept(values: v, tokens: n, headDim: d, rank: q), 1, accuracy: 1e-5)
+        let r = f.reconstruct()
+        let err = zip(r, v).map { ($0 - $1) * ($0 - $1) }.reduce(0, +), norm = v.map { $0 * $0 }.reduce(0, +)
+        XCTAssertLessThan((err / norm).squareRoot(), 2e-3)
+    }
+
+    func testRankZeroKeepsTheMean() throws {
+        let v: [Float] = [1, 2, 3, 4, 5, 6]   // 3 tokens x 2
+        let f = try v.withUnsafeBufferPointer { try FactoredValues(values: $0, tokens: 3, headDim: 2, rank: 0) }
+        XCTAssertEqual(f.reconstruct(), [3, 4, 3, 4, 3, 4])
+        XCTAssertEqual(f.byteCount, 4)
+    }
+}
