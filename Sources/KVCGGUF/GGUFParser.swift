@@ -18,6 +18,10 @@ enum GGUFParser {
     static let maxDims = 4                   // GGML_MAX_DIMS
     /// Arrays of arrays are legal; the depth is bounded so a hostile file cannot exhaust the stack.
     static let maxArrayNesting = 8
+    /// Decoded metadata array elements allowed in one file, in total. A decoded element takes ~24 bytes while a
+    /// hostile file can encode one in a single byte, so counts checked only against the file size could still
+    /// ask for gigabytes. Real tokenizers hold well under 2M elements (vocab + scores + types + merges).
+    static let maxMetadataArrayElements = 1 << 24
 
     static func parse(base: UnsafeRawPointer, count: Int, path: String) throws -> GGUFHeader {
         var c = GGUFByteCursor(base: base, count: count, path: path)
@@ -49,6 +53,7 @@ enum GGUFParser {
         metadata.reserveCapacity(kvCount)
         var keys: [String] = []
         keys.reserveCapacity(kvCount)
+        var elementBudget = maxMetadataArrayElements
         for i in 0..<kvCount {
             let keyOffset = c.offset
             let key = try c.string("key of metadata entry \(i)")
@@ -57,7 +62,7 @@ enum GGUFParser {
             guard let type = GGUFValueType(rawValue: rawType) else {
                 throw c.error("metadata key '\(key)' has unknown value type \(rawType) (known: 0-12)", at: typeOffset)
             }
-            let value = try readValue(&c, type, depth: 0, context: "metadata key '\(key)'")
+            let value = try readValue(&c, type, depth: 0, budget: &elementBudget, context: "metadata key '\(key)'")
             guard metadata.updateValue(value, forKey: key) == nil else {
                 throw c.error("duplicate metadata key '\(key)'", at: keyOffset)
             }
@@ -153,7 +158,7 @@ enum GGUFParser {
                           tensors: tensors, dataOffset: dataOffset)
     }
 
-    private static func readValue(_ c: inout GGUFByteCursor, _ type: GGUFValueType, depth: Int,
+    private static func readValue(_ c: inout GGUFByteCursor, _ type: GGUFValueType, depth: Int, budget: inout Int,
                                   context: @autoclosure () -> String) throws -> GGUFValue {
         switch type {
         case .uint8: return .uint8(try c.load(UInt8.self, context()))
@@ -177,7 +182,13 @@ enum GGUFParser {
             guard elementType != .array || depth + 1 < maxArrayNesting else {
                 throw c.error("\(context()): arrays nested more than \(maxArrayNesting) deep", at: typeOffset)
             }
+            let countOffset = c.offset
             let n = try c.count("element count of \(context())", minimumBytesEach: elementType.minimumEncodedSize)
+            guard n <= budget else {
+                throw c.error("\(context()): array of \(n) elements exceeds what is left of the reader's limit of "
+                              + "\(maxMetadataArrayElements) metadata array elements per file", at: countOffset)
+            }
+            budget -= n
             var items: [GGUFValue] = []
             items.reserveCapacity(n)
             if let size = elementType.fixedSize {
@@ -185,7 +196,8 @@ enum GGUFParser {
                 for _ in 0..<n { items.append(scalar(elementType, c.base + c.offset)); try c.skip(size) }
             } else {
                 for i in 0..<n {
-                    items.append(try readValue(&c, elementType, depth: depth + 1, context: "\(context())[\(i)]"))
+                    items.append(try readValue(&c, elementType, depth: depth + 1, budget: &budget,
+                                             context: "\(context())[\(i)]"))
                 }
             }
             return .array(items)
