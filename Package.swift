@@ -78,6 +78,7 @@ let package = Package(
                     resources: [.copy("Fixtures")], swiftSettings: swiftSettings),
         .testTarget(name: "KVCBackboneTests", dependencies: ["KVCBackbone"],
                     resources: [.copy("Fixtures")], swiftSettings: swiftSettings),
-        .testTarget(name: "KVCVisionTests", dependencies: ["KVCVision"], swiftSettings: swiftSettings),
+        .testTarget(name: "KVCVisionTests", dependencies: ["KVCVision"],
+                    resources: [.copy("Fixtures")], swiftSettings: swiftSettings),
     ]
 )
