@@ -1,0 +1,195 @@
+import Dispatch
+import KVCCore
+
+/// Scaled dot-product attention of new queries over what a `KVLayerView` holds, with grouped-query heads.
+///
+/// Queries are row-major `[T][headCount * headDim]` (already rotated) at positions `firstPosition ..< firstPosition + T`;
+/// a query at position p sees the cache entries whose position is <= p (entries are in ascending position order,
+/// so that is a prefix of the view). The output has the queries' layout.
+///
+/// Two paths with the same result up to rounding: a few queries (decoding) read the cache in place, float16 or
+/// float32, head by head; many queries (prefill) go through BLAS gemm per head on float32 copies of K/V.
+enum AttentionKernel {
+    static let gemmThreshold = 4
+
+    static func run(queries: UnsafePointer<Float>, count t: Int, firstPosition: Int, view: KVLayerView,
+                    headCount: Int, kvHeadCount: Int, headDim: Int, output: UnsafeMutablePointer<Float>, threads: Int) {
+        let group = headCount / kvHeadCount
+        let scale = 1 / Float(headDim).squareRoot()
+        let rowStride = headCount * headDim
+        // Visible entries for each query: the prefix of entries at positions <= the query's position.
+        var visible = [Int](repeating: 0, count: t)
+        var j = 0
+        for i in 0..<t {
+            let p = firstPosition + i
+            while j < view.count && view.position(j) <= p { j += 1 }
+            visible[i] = j
+        }
+        if t < gemmThreshold {
+            let work = t * view.count * headCount * headDim
+            let workers = work > 200_000 ? min(threads, kvHeadCount) : 1
+            visible.withUnsafeBufferPointer { vis in
+                let visible = vis.baseAddress!
+                let perform: (Int) -> Void = { h in
+                    for i in 0..<t {
+                        decodeHead(kvHead: h, group: group, query: queries + i * rowStride, visible: visible[i], view: view,
+                                   headDim: headDim, scale: scale, output: output + i * rowStride)
+                    }
+                }
+                if workers > 1 {
+                    let perWorker = (kvHeadCount + workers - 1) / workers
+                    DispatchQueue.concurrentPerform(iterations: workers) { w in
+                        for h in (w * perWorker)..<min(kvHeadCount, (w + 1) * perWorker) { perform(h) }
+                    }
+                } else {
+                    for h in 0..<kvHeadCount { perform(h) }
+                }
+            }
+        } else {
+            prefill(queries: queries, count: t, visible: visible, view: view, headCount: headCount,
+                    kvHeadCount: kvHeadCount, headDim: headDim, scale: scale, output: output)
+        }
+    }
+
+    // MARK: Few queries: read the cache in place
+
+    private static func decodeHead(kvHead h: Int, group: Int, query: UnsafePointer<Float>, visible n: Int,
+                                   view: KVLayerView, headDim: Int, scale: Float, output: UnsafeMutablePointer<Float>) {
+        let scores = UnsafeMutablePointer<Float>.allocate(capacity: max(n, 1) * group)
+        defer { scores.deallocate() }
+        let base = h * view.headStride
+        switch view.storage {
+        case .float32(let keys, let values):
+            decodeHead(F32Rows(base: keys + base), F32Rows(base: values + base), h: h, group: group, query: query,
+                       n: n, headDim: headDim, scale: scale, scores: scores, output: output)
+        case .float16(let keys, let values):
+            decodeHead(F16Rows(base: keys + base), F16Rows(base: values + base), h: h, group: group, query: query,
+                       n: n, headDim: headDim, scale: scale, scores: scores, output: output)
+        }
+    }
+
+    @inline(__always)
+    private static func decodeHead<Rows: KVRows>(_ keys: Rows, _ values: Rows, h: Int, group: Int, query: UnsafePointer<Float>,
+                                                 n: Int, headDim: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
+                                                 output: UnsafeMutablePointer<Float>) {
+        let chunks = headDim / 8
+        for g in 0..<group {
+            let hq = h * group + g
+            for d in 0..<headDim { output[hq * headDim + d] = 0 }
+        }
+        guard n > 0 else { return }
+        // Scores of the group's queries against each key (each key row is read once for all of them).
+        for j in 0..<n {
+            let row = j * headDim
+            for g in 0..<group {
+                let q = query + (h * group + g) * headDim
+                var acc = SIMD8<Float>()
+                for c in 0..<chunks {
+                    acc.addProduct(keys.load8(row + 8 * c), UnsafeRawPointer(q + 8 * c).loadUnaligned(as: SIMD8<Float>.self))
+                }
+                var s = acc.sum()
+                for d in (chunks * 8)..<headDim { s += keys.scalar(row + d) * q[d] }
+                scores[g * n + j] = s * scale
+            }
+        }
+        for g in 0..<group { softmax(scores + g * n, count: n) }
+        // Weighted sum of the values, again one pass over the rows for the whole group.
+        for j in 0..<n {
+            let row = j * headDim
+            for c in 0..<chunks {
+                let v = values.load8(row + 8 * c)
+                for g in 0..<group {
+                    let o = UnsafeMutableRawPointer(output + (h * group + g) * headDim + 8 * c)
+                    o.storeBytes(of: o.loadUnaligned(as: SIMD8<Float>.self) + scores[g * n + j] * v, as: SIMD8<Float>.self)
+                }
+            }
+            for d in (chunks * 8)..<headDim {
+                for g in 0..<group { output[(h * group + g) * headDim + d] += scores[g * n + j] * values.scalar(row + d) }
+            }
+        }
+    }
+
+    // MARK: Many queries: gemm per head
+
+    private static func prefill(queries: UnsafePointer<Float>, count t: Int, visible: [Int], view: KVLayerView,
+                                headCount: Int, kvHeadCount: Int, headDim: Int, scale: Float,
+                                output: UnsafeMutablePointer<Float>) {
+        let n = visible.last ?? 0
+        let rowStride = headCount * headDim
+        let group = headCount / kvHeadCount
+        let keys = UnsafeMutablePointer<Float>.allocate(capacity: max(n * headDim, 1))
+        let values = UnsafeMutablePointer<Float>.allocate(capacity: max(n * headDim, 1))
+        let scores = UnsafeMutablePointer<Float>.allocate(capacity: max(t * n, 1))
+        defer { keys.deallocate(); values.deallocate(); scores.deallocate() }
+        for h in 0..<kvHeadCount {
+            let base = h * view.headStride
+            switch view.storage {
+            case .float32(let k, let v):
+                keys.update(from: k + base, count: n * headDim)
+                values.update(from: v + base, count: n * headDim)
+            case .float16(let k, let v):
+                k.withMemoryRebound(to: UInt16.self, capacity: base + n * headDim) {
+                    HalfConversion.halfToFloat($0 + base, keys, count: n * headDim)
+                }
+                v.withMemoryRebound(to: UInt16.self, capacity: base + n * headDim) {
+                    HalfConversion.halfToFloat($0 + base, values, count: n * headDim)
+                }
+            }
+            for g in 0..<group {
+                let hq = h * group + g
+                // scores[t][n] = scale * Q_hq[t][d] · K[n][d]ᵀ
+                BLAS.gemm(transB: true, m: t, n: n, k: headDim, alpha: scale, a: queries + hq * headDim, lda: rowStride,
+                          b: keys, ldb: headDim, c: scores, ldc: n)
+                for i in 0..<t {
+                    let row = scores + i * n
+                    let seen = visible[i]
+                    softmax(row, count: seen)
+                    for j in seen..<n { row[j] = 0 }
+                }
+                // out[t][d] = P[t][n] · V[n][d]
+                BLAS.gemm(m: t, n: headDim, k: n, a: scores, lda: n, b: values, ldb: headDim,
+                          c: output + hq * headDim, ldc: rowStride)
+            }
+        }
+    }
+
+    /// In-place softmax (max-subtracted, float32).
+    @inline(__always)
+    static func softmax(_ x: UnsafeMutablePointer<Float>, count n: Int) {
+        guard n > 0 else { return }
+        var m = -Float.infinity
+        for j in 0..<n { m = max(m, x[j]) }
+        var total: Float = 0
+        for j in 0..<n { let e = expf(x[j] - m); x[j] = e; total += e }
+        let inv = 1 / total
+        for j in 0..<n { x[j] *= inv }
+    }
+}
+
+/// Row reads from a cache view, specialised per element type.
+private protocol KVRows {
+    func load8(_ offset: Int) -> SIMD8<Float>
+    func scalar(_ offset: Int) -> Float
+}
+
+private struct F32Rows: KVRows {
+    let base: UnsafePointer<Float>
+    @inline(__always) func load8(_ offset: Int) -> SIMD8<Float> {
+        UnsafeRawPointer(base + offset).loadUnaligned(as: SIMD8<Float>.self)
+    }
+    @inline(__always) func scalar(_ offset: Int) -> Float { base[offset] }
+}
+
+private struct F16Rows: KVRows {
+    let base: UnsafePointer<Float16>
+    @inline(__always) func load8(_ offset: Int) -> SIMD8<Float> {
+        SIMD8<Float>(UnsafeRawPointer(base + offset).loadUnaligned(as: SIMD8<Float16>.self))
+    }
+    @inline(__always) func scalar(_ offset: Int) -> Float { Float(base[offset]) }
+}
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif

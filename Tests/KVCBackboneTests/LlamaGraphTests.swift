@@ -1,0 +1,72 @@
+import XCTest
+import KVCCore
+import KVCTensor
+import KVCGGUF
+@testable import KVCBackbone
+
+final class LlamaGraphTests: XCTestCase {
+    /// A tiny random Llama (2 layers, grouped heads) small enough for finite differences.
+    private func tinyGraph(seed: UInt64) -> LlamaGraph {
+        let c = LlamaConfig(layerCount: 2, hiddenSize: 16, intermediateSize: 24, headCount: 4, kvHeadCount: 2, headDim: 4,
+                            vocabularySize: 11, contextLength: 64, ropeBase: 10_000, rmsNormEpsilon: 1e-5)
+        var rng = SeededRandom(seed: seed)
+        func w(_ shape: [Int], _ std: Float = 0.3) -> Tensor { Tensor.randn(shape, std: std, rng: &rng) }
+        func norm() -> Tensor { Tensor(shape: [c.hiddenSize], values: (0..<c.hiddenSize).map { _ in 1 + 0.1 * rng.nextNormal() }) }
+        let layers = (0..<c.layerCount).map { _ in
+            LlamaGraph.LayerWeights(attentionNorm: norm(), q: w([c.queryDim, 16]), k: w([c.kvDim, 16]), v: w([c.kvDim, 16]),
+                                    output: w([16, c.queryDim]), ffnNorm: norm(), gate: w([24, 16]), up: w([24, 16]),
+                                    down: w([16, 24]))
+        }
+        return LlamaGraph(config: c, tokenEmbedding: w([11, 16], 1), outputNorm: norm(), layers: layers)
+    }
+
+    func testGradientsReachTheInputEmbeddingsOnly() {
+        let graph = tinyGraph(seed: 1)
+        var rng = SeededRandom(seed: 2)
+        let input = Tensor.randn([7, 16], rng: &rng)
+        let result = gradCheck([input]) { xs in graph.logits(input: xs[0], lengths: [3, 4], logitRows: [2, 5, 6]) }
+        XCTAssertTrue(result.passed, "\(result)")
+        XCTAssertNil(graph.layers[0].q.grad, "frozen weights get no gradient")
+    }
+
+    /// Packing must not leak attention across samples: a sample's logits are the same alone or packed with another.
+    func testPackedSamplesAreIndependent() {
+        let graph = tinyGraph(seed: 3)
+        var rng = SeededRandom(seed: 4)
+        let a = Tensor.randn([3, 16], rng: &rng), b = Tensor.randn([5, 16], rng: &rng)
+        let packed = Tensor.withNoGrad {
+            graph.logits(input: Tensor.concat([a, b], axis: 0), lengths: [3, 5], logitRows: [2, 7])
+        }
+        let alone = Tensor.withNoGrad { graph.logits(input: b, lengths: [5], logitRows: [4]) }
+        for j in 0..<11 { XCTAssertEqual(packed.data[11 + j], alone.data[j], accuracy: 1e-5) }
+    }
+}
+
+/// The training graph over the real SmolLM2 weights against the independent numpy float64 reference
+/// (Fixtures/llama_reference.json, from scripts/reference/llama_reference.py), packed as one batch.
+final class LlamaGraphReferenceTests: XCTestCase {
+    func testLogitsMatchTheNumpyReference() throws {
+        let graph = try LlamaGraph(file: GGUFFile(path: TestPaths.realModelPath()))
+        let cases = try XCTUnwrap(TestPaths.json("llama_reference.json")["cases"] as? [[String: Any]])
+        var inputs: [Tensor] = [], lengths: [Int] = [], rows: [Int] = [], expected: [[String: Any]] = []
+        var offset = 0
+        for c in cases {
+            let ids = try XCTUnwrap(c["ids"] as? [Int])
+            inputs.append(graph.embed(ids))
+            lengths.append(ids.count)
+            for p in try XCTUnwrap(c["positions"] as? [[String: Any]]) {
+                rows.append(offset + (p["position"] as! Int))
+                expected.append(p)
+            }
+            offset += ids.count
+        }
+        let logits = Tensor.withNoGrad { graph.logits(input: Tensor.concat(inputs, axis: 0), lengths: lengths, logitRows: rows) }
+        let vocab = graph.config.vocabularySize
+        for (r, p) in expected.enumerated() {
+            for entry in try XCTUnwrap(p["top"] as? [[String: Any]]) {
+                let id = entry["id"] as! Int, want = Float(entry["logit"] as! Double)
+                XCTAssertEqual(logits.data[r * vocab + id], want, accuracy: 1e-3 * max(1, abs(want)), "row \(r) token \(id)")
+            }
+        }
+    }
+}
