@@ -57,7 +57,7 @@ let package = Package(
         .target(name: "KVCCollect", dependencies: ["KVCCore"], swiftSettings: swiftSettings),
 
         // KVCapsule: retention, key reconstruction, value PCA, byte budgets, and the capsule cache.
-        .target(name: "KVCCapsule", dependencies: ["KVCCore", "KVCCollect"], swiftSettings: swiftSettings),
+        .target(name: "KVCCapsule", dependencies: ["KVCCore", "KVCCollect", "KVCBackbone"], swiftSettings: swiftSettings),
 
         .executableTarget(name: "kvc-demo", dependencies: [
             "KVCTensor", "KVCVision", .product(name: "ArgumentParser", package: "swift-argument-parser"),
