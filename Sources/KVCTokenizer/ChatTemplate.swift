@@ -28,6 +28,7 @@ public enum ChatTemplate: Sendable, Equatable {
 
     /// Recognises a ChatML `tokenizer.chat_template` (Jinja source) and its default system prompt, if it has
     /// one; nil for templates of other shapes (the caller decides whether to fall back or fail).
+    /// This reads the template's literal text; it does not run Jinja.
     public static func fromGGUF(chatTemplate jinja: String) -> ChatTemplate? {
         guard jinja.contains("<|im_start|>"), jinja.contains("<|im_end|>") else { return nil }
         // The default system prompt is written literally: '<|im_start|>system\n...<|im_end|>', with the newline
@@ -35,9 +36,12 @@ public enum ChatTemplate: Sendable, Equatable {
         for opening in ["<|im_start|>system\n", "<|im_start|>system\\n"] {
             guard let start = jinja.range(of: opening),
                   let end = jinja.range(of: "<|im_end|>", range: start.upperBound..<jinja.endIndex) else { continue }
-            let prompt = String(jinja[start.upperBound..<end.lowerBound])
-            // A template that only prints the caller's system message has no literal prompt here.
-            if !prompt.contains("{{") && !prompt.contains("{%") && !prompt.contains("'") {
+            let literal = String(jinja[start.upperBound..<end.lowerBound])
+            // A template that only prints the caller's system message has an expression here, not a literal.
+            let expressionMarks = ["{", "' +", "+ '", "\" +", "+ \""]
+            if !expressionMarks.contains(where: literal.contains) {
+                let prompt = literal.replacingOccurrences(of: "\\n", with: "\n")
+                    .replacingOccurrences(of: "\\'", with: "'").replacingOccurrences(of: "\\\"", with: "\"")
                 return .chatML(defaultSystemPrompt: prompt)
             }
         }

@@ -38,7 +38,8 @@ final class RealVocabularyTests: XCTestCase {
             for parseSpecial in [true, false] {
                 let ids = tokenizer.encode(text, parseSpecial: parseSpecial)
                 XCTAssertTrue(ids.allSatisfy { $0 >= 0 && $0 < tokenizer.vocabularySize })
-                XCTAssertEqual(tokenizer.decode(ids), text, "round trip of \(text.debugDescription)")
+                // Bytes, not String ==, which would accept a canonically equivalent but different text.
+                XCTAssertEqual(Array(tokenizer.decode(ids).utf8), Array(text.utf8), "round trip of \(text.debugDescription)")
                 if !parseSpecial {
                     XCTAssertFalse(ids.contains { tokenizer.isControl($0) }, "control token from unparsed \(text.debugDescription)")
                 }
@@ -71,7 +72,7 @@ final class RealVocabularyTests: XCTestCase {
         var pieces: [String] = []
         for id in ids { pieces.append(decoder.push(id)) }
         pieces.append(decoder.finish())
-        XCTAssertEqual(pieces.joined(), text)
+        XCTAssertEqual(Array(pieces.joined().utf8), Array(text.utf8))
         XCTAssertFalse(pieces.contains { $0.unicodeScalars.contains("\u{FFFD}") }, "\(pieces)")
         // The emoji spans several byte tokens, so some pushes must have held bytes back.
         XCTAssertTrue(pieces.contains(""), "expected a held-back partial character")
@@ -122,6 +123,10 @@ final class RealVocabularyTests: XCTestCase {
         XCTAssertNil(ChatTemplate.fromGGUF(chatTemplate: "{{ bos_token }}[INST] {{ message }} [/INST]"))
         XCTAssertEqual(ChatTemplate.fromGGUF(chatTemplate: "{{'<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>'}}"),
                        .chatML(defaultSystemPrompt: nil))
+        XCTAssertEqual(ChatTemplate.fromGGUF(chatTemplate: "{{ '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"),
+                       .chatML(defaultSystemPrompt: nil))
+        XCTAssertEqual(ChatTemplate.fromGGUF(chatTemplate: "{{ '<|im_start|>system\\nYou\\'re kind.<|im_end|>\\n' }}"),
+                       .chatML(defaultSystemPrompt: "You're kind."))
     }
 
     /// Prints encode throughput (a figure for the report, not an assertion on time).
@@ -145,7 +150,7 @@ final class RealVocabularyTests: XCTestCase {
         let again = cold.encode(text)
         let warmSeconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         XCTAssertEqual(ids, again)
-        XCTAssertEqual(tokenizer.decode(ids), text)
+        XCTAssertEqual(Array(tokenizer.decode(ids).utf8), Array(text.utf8))
         print(String(format: "encode GPL-3 (%d bytes, %d tokens): cold cache %.1f ms = %.0f tokens/s, warm cache %.1f ms = %.0f tokens/s",
                      text.utf8.count, ids.count, coldSeconds * 1e3, Double(ids.count) / coldSeconds,
                      warmSeconds * 1e3, Double(ids.count) / warmSeconds))
