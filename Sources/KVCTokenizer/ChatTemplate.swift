@@ -1,3 +1,5 @@
+import Foundation
+
 /// One turn of a conversation.
 public struct ChatMessage: Sendable, Equatable {
     public var role: String
@@ -17,7 +19,8 @@ public struct ChatMessage: Sendable, Equatable {
 public enum ChatTemplate: Sendable, Equatable {
     /// ChatML: `<|im_start|>ROLE\nCONTENT<|im_end|>\n` per message, and `<|im_start|>assistant\n` as the
     /// generation prompt. When the first message is not a system message, a system message with
-    /// `defaultSystemPrompt` goes first (if given), as SmolLM2's template does.
+    /// `defaultSystemPrompt` goes first (if given), as SmolLM2's template does; an empty conversation renders
+    /// as the generation prompt alone, as there.
     case chatML(defaultSystemPrompt: String?)
 
     /// The system prompt SmolLM2-Instruct's `tokenizer.chat_template` inserts.
@@ -53,7 +56,8 @@ public enum ChatTemplate: Sendable, Equatable {
         switch self {
         case .chatML(let defaultSystemPrompt):
             var text = ""
-            if let defaultSystemPrompt, messages.first?.role != "system" {
+            // Inside the template's message loop, so an empty conversation gets no system turn either.
+            if let defaultSystemPrompt, let first = messages.first, first.role != "system" {
                 text += Self.chatMLTurn(role: "system", content: defaultSystemPrompt)
             }
             for message in messages { text += Self.chatMLTurn(role: message.role, content: message.content) }

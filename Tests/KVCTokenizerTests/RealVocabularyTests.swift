@@ -110,6 +110,8 @@ final class RealVocabularyTests: XCTestCase {
         XCTAssertEqual(template.render([.system("Be brief."), .user("Hi")], addGenerationPrompt: false),
                        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n")
 
+        XCTAssertEqual(template.render([]), "<|im_start|>assistant\n")
+
         // The llama.cpp fixture's chat case, which starts after the system turn.
         let ids = tokenizer.encodeChat([.user("What is the red shape?")])
         let llama = try TokenizerFixture.load("smollm2-tokenizer-llamacpp").cases
