@@ -18,10 +18,15 @@ enum GGUFParser {
     static let maxDims = 4                   // GGML_MAX_DIMS
     /// Arrays of arrays are legal; the depth is bounded so a hostile file cannot exhaust the stack.
     static let maxArrayNesting = 8
+    /// ggml's GGML_MAX_NAME: ggml cannot hold longer tensor names, and a bound keeps garbage "names" read from a
+    /// corrupt file out of memory and error messages.
+    static let maxTensorNameBytes = 63
+    /// The spec's limit on key length.
+    static let maxKeyBytes = 65_535
     /// Decoded metadata array elements allowed in one file, in total. A decoded element takes ~24 bytes while a
     /// hostile file can encode one in a single byte, so counts checked only against the file size could still
-    /// ask for gigabytes. Real tokenizers hold well under 2M elements (vocab + scores + types + merges).
-    static let maxMetadataArrayElements = 1 << 24
+    /// ask for gigabytes. The largest real tokenizers (262k-token vocabularies with scores, types and merges) hold under 1M.
+    static let maxMetadataArrayElements = 1 << 22
 
     static func parse(base: UnsafeRawPointer, count: Int, path: String) throws -> GGUFHeader {
         var c = GGUFByteCursor(base: base, count: count, path: path)
@@ -57,14 +62,18 @@ enum GGUFParser {
         for i in 0..<kvCount {
             let keyOffset = c.offset
             let key = try c.string("key of metadata entry \(i)")
-            let typeOffset = c.offset
-            let rawType = try c.u32("value type of metadata key '\(key)'")
-            guard let type = GGUFValueType(rawValue: rawType) else {
-                throw c.error("metadata key '\(key)' has unknown value type \(rawType) (known: 0-12)", at: typeOffset)
+            guard key.utf8.count <= maxKeyBytes else {
+                throw c.error("key of metadata entry \(i) is \(key.utf8.count) bytes long; the limit is \(maxKeyBytes)",
+                              at: keyOffset)
             }
-            let value = try readValue(&c, type, depth: 0, budget: &elementBudget, context: "metadata key '\(key)'")
+            let typeOffset = c.offset
+            let rawType = try c.u32("value type of metadata key \(shown(key))")
+            guard let type = GGUFValueType(rawValue: rawType) else {
+                throw c.error("metadata key \(shown(key)) has unknown value type \(rawType) (known: 0-12)", at: typeOffset)
+            }
+            let value = try readValue(&c, type, depth: 0, budget: &elementBudget, context: "metadata key \(shown(key))")
             guard metadata.updateValue(value, forKey: key) == nil else {
-                throw c.error("duplicate metadata key '\(key)'", at: keyOffset)
+                throw c.error("duplicate metadata key \(shown(key))", at: keyOffset)
             }
             keys.append(key)
         }
@@ -89,52 +98,56 @@ enum GGUFParser {
         for i in 0..<tensorCount {
             let infoOffset = c.offset
             let name = try c.string("name of tensor \(i)")
+            guard name.utf8.count <= maxTensorNameBytes else {
+                throw c.error("name of tensor \(i) (\(shown(name))) is \(name.utf8.count) bytes long; ggml allows at most "
+                              + "\(maxTensorNameBytes)", at: infoOffset)
+            }
             guard seenNames.insert(name).inserted else {
-                throw c.error("duplicate tensor name '\(name)'", at: infoOffset)
+                throw c.error("duplicate tensor name \(shown(name))", at: infoOffset)
             }
             let nDimsOffset = c.offset
-            let nDims = try c.u32("dimension count of tensor '\(name)'")
+            let nDims = try c.u32("dimension count of tensor \(shown(name))")
             guard nDims <= UInt32(maxDims) else {
-                throw c.error("tensor '\(name)' has \(nDims) dimensions; at most \(maxDims) are allowed", at: nDimsOffset)
+                throw c.error("tensor \(shown(name)) has \(nDims) dimensions; at most \(maxDims) are allowed", at: nDimsOffset)
             }
             var dims: [Int] = []
             dims.reserveCapacity(Int(nDims))
             var elements = 1
             for d in 0..<Int(nDims) {
                 let dimOffset = c.offset
-                let raw = try c.u64("dimension \(d) of tensor '\(name)'")
+                let raw = try c.u64("dimension \(d) of tensor \(shown(name))")
                 guard raw <= UInt64(Int64.max) else {
-                    throw c.error("dimension \(d) of tensor '\(name)' is negative or too large (\(Int64(bitPattern: raw)))",
+                    throw c.error("dimension \(d) of tensor \(shown(name)) is negative or too large (\(Int64(bitPattern: raw)))",
                                   at: dimOffset)
                 }
                 let (product, overflow) = elements.multipliedReportingOverflow(by: Int(raw))
                 guard !overflow else {
-                    throw c.error("tensor '\(name)': element count overflows (dimensions \(dims + [Int(raw)]))", at: dimOffset)
+                    throw c.error("tensor \(shown(name)): element count overflows (dimensions \(dims + [Int(raw)]))", at: dimOffset)
                 }
                 dims.append(Int(raw))
                 elements = product
             }
             let typeOffset = c.offset
-            let rawType = try c.u32("type of tensor '\(name)'")
+            let rawType = try c.u32("type of tensor \(shown(name))")
             guard let type = GGMLType(rawValue: rawType) else {
-                throw c.error("tensor '\(name)' has unknown tensor type \(rawType)", at: typeOffset)
+                throw c.error("tensor \(shown(name)) has unknown tensor type \(rawType)", at: typeOffset)
             }
             let rowLength = dims.first ?? 1
             guard rowLength % type.blockSize == 0 else {
-                throw c.error("tensor '\(name)': row length \(rowLength) is not a multiple of the \(type.name) block size "
+                throw c.error("tensor \(shown(name)): row length \(rowLength) is not a multiple of the \(type.name) block size "
                               + "\(type.blockSize)", at: infoOffset)
             }
             let (bytes, bytesOverflow) = (elements / type.blockSize).multipliedReportingOverflow(by: type.bytesPerBlock)
             guard !bytesOverflow else {
-                throw c.error("tensor '\(name)': byte size overflows (\(elements) elements of \(type.name))", at: infoOffset)
+                throw c.error("tensor \(shown(name)): byte size overflows (\(elements) elements of \(type.name))", at: infoOffset)
             }
             let relOffsetPosition = c.offset
-            let rawOffset = try c.u64("data offset of tensor '\(name)'")
+            let rawOffset = try c.u64("data offset of tensor \(shown(name))")
             guard rawOffset <= UInt64(Int.max / 2) else {
-                throw c.error("tensor '\(name)' data offset \(rawOffset) is past any possible end of file", at: relOffsetPosition)
+                throw c.error("tensor \(shown(name)) data offset \(rawOffset) is past any possible end of file", at: relOffsetPosition)
             }
             guard Int(rawOffset) % alignment == 0 else {
-                throw c.error("tensor '\(name)' data offset \(rawOffset) is not a multiple of the alignment \(alignment)",
+                throw c.error("tensor \(shown(name)) data offset \(rawOffset) is not a multiple of the alignment \(alignment)",
                               at: relOffsetPosition)
             }
             pending.append(PendingTensor(name: name, type: type, dims: dims, relativeOffset: Int(rawOffset),
@@ -148,7 +161,7 @@ enum GGUFParser {
         for t in pending {
             let absolute = dataOffset + t.relativeOffset   // both bounded well below Int.max
             guard t.byteCount <= count - min(absolute, count), absolute <= count else {
-                throw c.error("tensor '\(t.name)' (\(t.type.name), dims \(t.dims)) needs bytes \(absolute)..<"
+                throw c.error("tensor \(shown(t.name)) (\(t.type.name), dims \(t.dims)) needs bytes \(absolute)..<"
                               + "\(absolute + t.byteCount) but the file has \(count) bytes", at: t.infoOffset)
             }
             tensors.append(GGUFTensorInfo(name: t.name, type: t.type, dims: t.dims, offset: absolute,
@@ -221,6 +234,14 @@ enum GGUFParser {
         case .bool: return .bool(p.load(as: UInt8.self) != 0)
         case .string, .array: return .array([])   // not reached: callers pass fixed-size types only
         }
+    }
+
+    /// A key or name as quoted in error messages: clipped, control characters replaced, so a corrupt file cannot
+    /// produce megabyte-long or terminal-mangling messages.
+    static func shown(_ s: String) -> String {
+        let limit = 80
+        let clipped = s.unicodeScalars.prefix(limit).map { $0.value < 0x20 || $0.value == 0x7F ? "?" : String($0) }.joined()
+        return "'" + clipped + (s.unicodeScalars.count > limit ? "…" : "") + "'"
     }
 
     private static func hex2(_ b: UInt8) -> String {

@@ -107,6 +107,11 @@ final class GGUFHostileInputTests: XCTestCase {
         nested.u32(0); nested.u64(0)
         assertKVCError(try open(nested.bytes), contains: ["metadata key 'deep'", "nested more than"])
 
+        var longKey = header(tensors: 0, kvs: 1)
+        longKey.keyValue(String(repeating: "k", count: 65_536), .uint8(0))
+        let keyMessage = assertKVCError(try open(longKey.bytes), contains: ["key of metadata entry 0", "65536 bytes long", "offset 24"])
+        XCTAssertLessThan(keyMessage?.count ?? 0, 200)
+
         var dup = header(tensors: 0, kvs: 2)
         dup.keyValue("k", .uint32(1)); dup.keyValue("k", .uint32(2))
         assertKVCError(try open(dup.bytes), contains: ["duplicate metadata key 'k'", "offset 41"])
@@ -142,6 +147,15 @@ final class GGUFHostileInputTests: XCTestCase {
         // 17 floats = 68 bytes, but only 64 bytes of data follow.
         assertKVCError(try open(oneTensor { tensorInfo(&$0, dims: [17]) }), contains: ["tensor 'w'", "file has"])
         XCTAssertNoThrow(try open(oneTensor { tensorInfo(&$0, dims: [16]) }))
+
+        let longName = String(repeating: "n", count: 64)
+        assertKVCError(try open(oneTensor { tensorInfo(&$0, name: longName, dims: [4]) }),
+                       contains: ["name of tensor 0", "64 bytes long", "at most 63", "offset 24"])
+        XCTAssertNoThrow(try open(oneTensor { tensorInfo(&$0, name: String(longName.dropLast()), dims: [4]) }))
+        // Names in messages have control characters replaced.
+        let message = assertKVCError(try open(oneTensor { tensorInfo(&$0, name: "a\nb\u{1B}[31m", dims: [4], type: 99) }),
+                                     contains: ["'a?b?[31m'"])
+        XCTAssertFalse(message?.contains("\n") ?? true)
 
         var dup = header(tensors: 2, kvs: 0)
         tensorInfo(&dup, dims: [4]); tensorInfo(&dup, dims: [4], offset: 32)
