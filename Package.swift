@@ -73,7 +73,7 @@ let package = Package(
         .testTarget(name: "KVCCollectTests", dependencies: ["KVCCollect"], swiftSettings: swiftSettings),
         .testTarget(name: "KVCCapsuleTests", dependencies: ["KVCCapsule"], swiftSettings: swiftSettings),
         .testTarget(name: "KVCTensorTests", dependencies: ["KVCTensor"], swiftSettings: swiftSettings),
-        .testTarget(name: "KVCGGUFTests", dependencies: ["KVCGGUF"], swiftSettings: swiftSettings),
+        .testTarget(name: "KVCGGUFTests", dependencies: ["KVCGGUF"], resources: [.copy("Fixtures")], swiftSettings: swiftSettings),
         .testTarget(name: "KVCTokenizerTests", dependencies: ["KVCTokenizer", "KVCGGUF"],
                     resources: [.copy("Fixtures")], swiftSettings: swiftSettings),
         .testTarget(name: "KVCBackboneTests", dependencies: ["KVCBackbone"],
