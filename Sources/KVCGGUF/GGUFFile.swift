@@ -163,6 +163,24 @@ public final class GGUFFile: @unchecked Sendable {
         try typedArray(key, expected: "array of floats") { $0.floatValue }
     }
 
+    // Optional keys: a missing key gives the default, a present key of the wrong type is still an error.
+
+    public func string(_ key: String, default fallback: String) throws -> String {
+        metadata[key] == nil ? fallback : try string(key)
+    }
+
+    public func int(_ key: String, default fallback: Int) throws -> Int {
+        metadata[key] == nil ? fallback : try int(key)
+    }
+
+    public func float(_ key: String, default fallback: Float) throws -> Float {
+        metadata[key] == nil ? fallback : try float(key)
+    }
+
+    public func bool(_ key: String, default fallback: Bool) throws -> Bool {
+        metadata[key] == nil ? fallback : try bool(key)
+    }
+
     private func typedArray<T>(_ key: String, expected: String, _ convert: (GGUFValue) -> T?) throws -> [T] {
         let v = try value(key)
         guard let items = v.arrayValue else { throw mismatch(key, expected: expected, v) }

@@ -137,6 +137,12 @@ final class GGUFRealFileTests: XCTestCase {
         assertKVCError(try f.intArray("tokenizer.ggml.merges"), contains: ["tokenizer.ggml.merges", "element 0", "string"])
         assertKVCError(try f.stringArray("llama.vocab_size"), contains: ["llama.vocab_size", "array of string", "uint32"])
         assertKVCError(try f.int("llama.no_such_key"), contains: ["llama.no_such_key", "missing", f.path])
+        XCTAssertEqual(try f.int("llama.no_such_key", default: 7), 7)
+        XCTAssertEqual(try f.int("llama.block_count", default: 7), 30)
+        XCTAssertEqual(try f.float("llama.rope.freq_base", default: 10_000), 100_000)
+        XCTAssertEqual(try f.string("tokenizer.ggml.pre", default: "default"), "smollm")
+        XCTAssertEqual(try f.bool("tokenizer.ggml.add_eos_token", default: true), true)
+        assertKVCError(try f.string("llama.block_count", default: "x"), contains: ["llama.block_count", "expected string", "uint32"])
         assertKVCError(try f.tensor("blk.30.attn_q.weight"), contains: ["blk.30.attn_q.weight", f.path])
     }
 
