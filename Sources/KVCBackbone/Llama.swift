@@ -107,7 +107,11 @@ public final class LlamaModel: @unchecked Sendable {
     // MARK: Forward
 
     /// Which positions of a forward call produce logits.
-    public enum LogitRows: Sendable { case none, last, all }
+    public enum LogitRows: Sendable, Equatable {
+        case none, last, all
+        /// The last n positions (perplexity scores only the second half of a window).
+        case lastRows(Int)
+    }
 
     /// Runs the decoder over `count` new positions (embeddings `[count][hiddenSize]`) after what `cache` holds,
     /// appending their keys and values to it. Returns logits, row-major `[rows][vocabularySize]`.
@@ -149,24 +153,19 @@ public final class LlamaModel: @unchecked Sendable {
 
     private func outputLogits(_ work: Workspace, rows: LogitRows) -> [Float] {
         let h = config.hiddenSize, vocab = config.vocabularySize, t = work.count
+        let n: Int
         switch rows {
-        case .none:
-            return []
-        case .last:
-            let last = work.x + (t - 1) * h
-            rmsNorm(last, weight: outputNorm, epsilon: config.rmsNormEpsilon, into: work.normed, count: 1, width: h)
-            var out = [Float](repeating: 0, count: vocab)
-            out.withUnsafeMutableBufferPointer { outputHead.multiplyVector(work.normed, into: $0.baseAddress!, threads: threads) }
-            return out
-        case .all:
-            rmsNorm(work.x, weight: outputNorm, epsilon: config.rmsNormEpsilon, into: work.normed, count: t, width: h)
-            var out = [Float](repeating: 0, count: t * vocab)
-            out.withUnsafeMutableBufferPointer {
-                if t == 1 { outputHead.multiplyVector(work.normed, into: $0.baseAddress!, threads: threads) }
-                else { outputHead.multiply(work.normed, count: t, into: $0.baseAddress!) }
-            }
-            return out
+        case .none: return []
+        case .last: n = 1
+        case .all: n = t
+        case .lastRows(let k): n = max(0, min(k, t))
         }
+        guard n > 0 else { return [] }
+        let first = work.x + (t - n) * h
+        rmsNorm(first, weight: outputNorm, epsilon: config.rmsNormEpsilon, into: work.normed, count: n, width: h)
+        var out = [Float](repeating: 0, count: n * vocab)
+        out.withUnsafeMutableBufferPointer { apply(outputHead, work.normed, count: n, into: $0.baseAddress!, threads: threads) }
+        return out
     }
 }
 
