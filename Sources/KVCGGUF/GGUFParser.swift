@@ -160,9 +160,11 @@ enum GGUFParser {
         tensors.reserveCapacity(pending.count)
         for t in pending {
             let absolute = dataOffset + t.relativeOffset   // both bounded well below Int.max
-            guard t.byteCount <= count - min(absolute, count), absolute <= count else {
-                throw c.error("tensor \(shown(t.name)) (\(t.type.name), dims \(t.dims)) needs bytes \(absolute)..<"
-                              + "\(absolute + t.byteCount) but the file has \(count) bytes", at: t.infoOffset)
+            guard absolute <= count, t.byteCount <= count - absolute else {
+                // The end is printed in UInt64: a lying byte count can push it past Int.max.
+                let end = UInt64(absolute) + UInt64(t.byteCount)
+                throw c.error("tensor \(shown(t.name)) (\(t.type.name), dims \(t.dims)) needs bytes \(absolute)..<\(end) "
+                              + "but the file has \(count) bytes", at: t.infoOffset)
             }
             tensors.append(GGUFTensorInfo(name: t.name, type: t.type, dims: t.dims, offset: absolute,
                                           byteCount: t.byteCount, elementCount: t.elementCount))

@@ -144,6 +144,9 @@ final class GGUFHostileInputTests: XCTestCase {
         assertKVCError(try open(oneTensor { tensorInfo(&$0, dims: [4], offset: 1 << 63) }), contains: ["past any possible end"])
         assertKVCError(try open(oneTensor { tensorInfo(&$0, dims: [4], offset: 1 << 40) }),
                        contains: ["tensor 'w'", "needs bytes", "file has"])
+        // Offset and byte count each fit in Int but their sum does not.
+        assertKVCError(try open(oneTensor { tensorInfo(&$0, dims: [3 << 61], type: GGMLType.i8.rawValue, offset: (1 << 62) - 32) }),
+                       contains: ["needs bytes", "..<115292150460684697", "file has"])
         // 17 floats = 68 bytes, but only 64 bytes of data follow.
         assertKVCError(try open(oneTensor { tensorInfo(&$0, dims: [17]) }), contains: ["tensor 'w'", "file has"])
         XCTAssertNoThrow(try open(oneTensor { tensorInfo(&$0, dims: [16]) }))
