@@ -60,6 +60,29 @@ public final class LlamaGraph {
         Tensor.withNoGrad { embedding(tokenEmbedding, ids: ids) }
     }
 
+    /// How the rows of a packed batch form sequences. A group is a shared prefix followed by suffixes that each
+    /// continue it independently (a prompt tree): every suffix attends to the prefix and to itself, never to a sibling,
+    /// so one image's prefix serves all of its questions at the cost of one. Rows are laid out group by group:
+    /// prefix rows, then each suffix's rows. Positions restart at 0 for every group; a suffix continues at the
+    /// prefix's length.
+    public struct Packing: Sendable, Equatable {
+        public struct Group: Sendable, Equatable {
+            public var prefix: Int
+            public var suffixes: [Int]
+            public init(prefix: Int, suffixes: [Int] = []) {
+                self.prefix = prefix
+                self.suffixes = suffixes
+            }
+            public var rows: Int { prefix + suffixes.reduce(0, +) }
+        }
+
+        public var groups: [Group]
+        public init(groups: [Group]) { self.groups = groups }
+        /// Independent sequences of the given lengths.
+        public init(lengths: [Int]) { groups = lengths.map { Group(prefix: $0) } }
+        public var rows: Int { groups.reduce(0) { $0 + $1.rows } }
+    }
+
     /// Runs the packed batch and returns the logits of the requested rows.
     /// - Parameters:
     ///   - input: `[rows, hidden]`, the samples' embeddings one after another.
@@ -67,33 +90,50 @@ public final class LlamaGraph {
     ///   - logitRows: rows (indices into `input`) whose next-token logits are wanted.
     /// - Returns: `[logitRows.count, vocab]`.
     public func logits(input: Tensor, lengths: [Int], logitRows: [Int]) -> Tensor {
-        let hidden = finalHidden(input: input, lengths: lengths, rows: logitRows)
-        return linear(hidden, weight: tokenEmbedding)
+        logits(input: input, packing: Packing(lengths: lengths), logitRows: logitRows)
+    }
+
+    public func logits(input: Tensor, packing: Packing, logitRows: [Int]) -> Tensor {
+        linear(finalHidden(input: input, packing: packing, rows: logitRows), weight: tokenEmbedding)
     }
 
     /// Normalised last hidden states of `rows` (`[rows.count, hidden]`).
-    public func finalHidden(input: Tensor, lengths: [Int], rows: [Int]) -> Tensor {
+    public func finalHidden(input: Tensor, packing: Packing, rows: [Int]) -> Tensor {
         let c = config
         precondition(input.rank == 2 && input.shape[1] == c.hiddenSize, "LlamaGraph: input \(input.shape), expected [rows, \(c.hiddenSize)]")
-        precondition(lengths.reduce(0, +) == input.shape[0], "LlamaGraph: lengths \(lengths) do not sum to \(input.shape[0]) rows")
-        let eps = c.rmsNormEpsilon
+        precondition(packing.rows == input.shape[0], "LlamaGraph: packing covers \(packing.rows) rows, input has \(input.shape[0])")
+        let eps = c.rmsNormEpsilon, base = Float(c.ropeBase)
         var x = input
         for w in layers {
             let h = x.rmsNorm(weight: w.attentionNorm, eps: eps)
             let q = linear(h, weight: w.q), k = linear(h, weight: w.k), v = linear(h, weight: w.v)
+            // [heads, count, headDim] of rows start..<start+count, keys and queries rotated to `firstPosition`...
+            func heads(_ m: Tensor, _ n: Int, _ start: Int, _ count: Int) -> Tensor {
+                m.slice(axis: 0, start..<(start + count)).reshaped([count, n, c.headDim]).permuted([1, 0, 2])
+            }
+            func rotated(_ m: Tensor, _ n: Int, _ start: Int, _ count: Int, from first: Int) -> Tensor {
+                heads(m, n, start, count).rope(positions: Array(first..<(first + count)), base: base, layout: .interleaved)
+            }
             var outputs: [Tensor] = []
             var start = 0
-            for t in lengths {
-                let positions = Array(0..<t)
-                func heads(_ m: Tensor, _ count: Int) -> Tensor {
-                    m.slice(axis: 0, start..<(start + t)).reshaped([t, count, c.headDim]).permuted([1, 0, 2])
+            for g in packing.groups {
+                let p = g.prefix
+                let kp = rotated(k, c.kvHeadCount, start, p, from: 0), vp = heads(v, c.kvHeadCount, start, p)
+                if p > 0 {
+                    let o = scaledDotProductAttention(query: rotated(q, c.headCount, start, p, from: 0), key: kp, value: vp,
+                                                      causal: true)
+                    outputs.append(o.permuted([1, 0, 2]).reshaped([p, c.queryDim]))
                 }
-                let qh = heads(q, c.headCount).rope(positions: positions, base: Float(c.ropeBase), layout: .interleaved)
-                let kh = heads(k, c.kvHeadCount).rope(positions: positions, base: Float(c.ropeBase), layout: .interleaved)
-                let vh = heads(v, c.kvHeadCount)
-                let o = scaledDotProductAttention(query: qh, key: kh, value: vh, causal: true)
-                outputs.append(o.permuted([1, 0, 2]).reshaped([t, c.queryDim]))
-                start += t
+                start += p
+                for t in g.suffixes {
+                    let ks = rotated(k, c.kvHeadCount, start, t, from: p), vs = heads(v, c.kvHeadCount, start, t)
+                    let o = scaledDotProductAttention(
+                        query: rotated(q, c.headCount, start, t, from: p),
+                        key: p > 0 ? Tensor.concat([kp, ks], axis: 1) : ks,
+                        value: p > 0 ? Tensor.concat([vp, vs], axis: 1) : vs, causal: true)
+                    outputs.append(o.permuted([1, 0, 2]).reshaped([t, c.queryDim]))
+                    start += t
+                }
             }
             let attention = outputs.count == 1 ? outputs[0] : Tensor.concat(outputs, axis: 0)
             x = x + linear(attention, weight: w.output)

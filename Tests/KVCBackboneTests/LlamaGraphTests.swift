@@ -40,6 +40,26 @@ final class LlamaGraphTests: XCTestCase {
         let alone = Tensor.withNoGrad { graph.logits(input: b, lengths: [5], logitRows: [4]) }
         for j in 0..<11 { XCTAssertEqual(packed.data[11 + j], alone.data[j], accuracy: 1e-5) }
     }
+
+    /// A shared prefix with two suffixes gives each suffix the logits of prefix + suffix run as one sequence.
+    func testSharedPrefixEqualsSeparateSequences() {
+        let graph = tinyGraph(seed: 5)
+        var rng = SeededRandom(seed: 6)
+        let prefix = Tensor.randn([4, 16], rng: &rng), s1 = Tensor.randn([2, 16], rng: &rng), s2 = Tensor.randn([3, 16], rng: &rng)
+        let tree = Tensor.withNoGrad {
+            graph.logits(input: Tensor.concat([prefix, s1, s2], axis: 0),
+                         packing: .init(groups: [.init(prefix: 4, suffixes: [2, 3])]), logitRows: [3, 5, 8])
+        }
+        let separate = Tensor.withNoGrad {
+            graph.logits(input: Tensor.concat([prefix, s1, prefix, s2], axis: 0), lengths: [6, 7], logitRows: [3, 5, 12])
+        }
+        for j in 0..<(3 * 11) { XCTAssertEqual(tree.data[j], separate.data[j], accuracy: 1e-5) }
+        let result = gradCheck([prefix, s2]) { xs in
+            graph.logits(input: Tensor.concat([xs[0], s1, xs[1]], axis: 0),
+                         packing: .init(groups: [.init(prefix: 4, suffixes: [2, 3])]), logitRows: [5, 8])
+        }
+        XCTAssertTrue(result.passed, "\(result)")
+    }
 }
 
 /// The training graph over the real SmolLM2 weights against the independent numpy float64 reference
