@@ -14,6 +14,7 @@ final class GGUFMutationFuzzTests: XCTestCase {
         0, 1, 2, 3, 4, 7, 8, 9, 12, 13, 30, 31, 32, 33, 39, 40, 64, 255, 256, 0x7FFF, 0xFFFF, 0x1_0000,
         0x7FFF_FFFF, 0x8000_0000, 0xFFFF_FFFF, 0x1_0000_0000, 1 << 40, 1 << 60, 1 << 62,
         0x7FFF_FFFF_FFFF_FFFF, 0x8000_0000_0000_0000, UInt64.max, UInt64.max - 1,
+        (1 << 62) - 32, 3 << 61, 0x7FFF_FFFF_FFFF_FFE0, (1 << 31) + (1 << 30),
     ]
 
     /// Mutates `bytes` in place; every mutation kind keeps the array valid Swift-wise (the file may be anything).
@@ -83,6 +84,38 @@ final class GGUFMutationFuzzTests: XCTestCase {
             w.addTensor("t.\(type.name)", type: type, dims: [cols, 2], data: bytes)
         }
         return w.serialize()
+    }
+
+    /// Deterministic sweep: every interesting 4- and 8-byte value at every byte position of a small file's header,
+    /// metadata and tensor infos (where a single lying field does the most damage).
+    func testEveryInterestingWordAtEveryHeaderPosition() throws {
+        var w = GGUFWriter()
+        w.set("general.architecture", .string("llama"))
+        w.set("n", .uint32(7))
+        w.set("tokens", .array([.string("a"), .string("bc")]))
+        w.set("nested", .array([.array([.int16(1)])]))
+        w.addTensor("a", dims: [8, 2], floats: (0..<16).map(Float.init))
+        w.addTensor("q", type: .q4_1, dims: [32, 2], data: [UInt8](repeating: 0x35, count: 40))
+        w.addTensor("b", type: .i8, dims: [4], data: [1, 2, 3, 4])
+        let seed = w.serialize()
+        let headerEnd = try GGUFFile(bytes: seed).dataOffset
+        var tally = Tally()
+        for position in 0..<headerEnd {
+            for width in [4, 8] where position + width <= seed.count {
+                for word in Self.interestingWords {
+                    var bytes = seed
+                    for k in 0..<width { bytes[position + k] = UInt8(truncatingIfNeeded: word >> (8 * k)) }
+                    do {
+                        Self.exercise(try GGUFFile(bytes: bytes, name: "sweep"), &tally, maxDequantizeElements: 1 << 20)
+                    } catch is KVCError {
+                        tally.rejected += 1
+                    }
+                }
+            }
+        }
+        print("gguf field sweep: \(tally.parsed + tally.rejected) variants of a \(seed.count)-byte file, \(tally.parsed) parsed, "
+              + "\(tally.rejected) rejected with an error, 0 crashes")
+        XCTAssertGreaterThan(tally.rejected, 0)
     }
 
     func testMutantsNeverCrash() throws {
