@@ -1,0 +1,123 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import KVCBackbone
+import KVCCore
+import KVCGGUF
+
+/// Single-stream speed of the inference decoder: prefill and decode tokens/s at each thread count, next to
+/// llama.cpp's figures for the same Q4_1 file on a machine of this kind.
+struct DecodeBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "decode",
+        abstract: "Prefill and single-stream decode tokens/s of the SmolLM2 decoder at 1 and 2 threads.",
+        discussion: """
+        Regime: one sequence, batch 1, float16 KV cache. Prefill = one forward over an N-token prompt from an empty
+        cache (logits of the last position). Decode = greedy tokens one at a time after a 1-token prompt (like
+        llama-bench's tg). Threads = OpenBLAS threads (prefill) and this decoder's kernel threads (decode).
+        llama.cpp reference (CPU build, this Q4_1 file, this kind of 2-core machine): about 330-350 prefill and
+        140 decode tokens/s with 2 threads, 180 and 92 with 1 thread.
+        """)
+
+    @Option(help: "Path to the GGUF model.") var model: String = Assets.smolLM2GGUF
+    @Option(name: .customLong("prompt-tokens"), parsing: .upToNextOption, help: "Prompt lengths for prefill.")
+    var promptTokens: [Int] = [128, 256]
+    @Option(name: .customLong("decode-tokens"), help: "Tokens generated per decode run.") var decodeTokens = 128
+    @Option(parsing: .upToNextOption, help: "Thread counts to measure.") var threads: [Int] = [1, 2]
+    @Option(help: "Timed repetitions (the best is reported, after one warm-up).") var repeats = 3
+    @Flag(help: "Print JSON instead of a table.") var json = false
+
+    struct Row: Codable {
+        var threads: Int
+        var prefillTokensPerSecond: [String: Double]
+        var decodeTokensPerSecond: Double
+        var decodeWeightGBPerSecond: Double
+        var llamaCppPrefill: String
+        var llamaCppDecode: Double
+    }
+
+    struct Report: Codable {
+        var bench = "decode"
+        var regime = "single stream, batch 1, float16 KV cache"
+        var loadSeconds: Double
+        var decodeWeightBytes: Int
+        var rows: [Row]
+    }
+
+    func validate() throws {
+        if promptTokens.isEmpty || promptTokens.contains(where: { $0 < 1 || $0 > 8192 }) {
+            throw ValidationError("--prompt-tokens must be in 1...8192")
+        }
+        if decodeTokens < 2 { throw ValidationError("--decode-tokens must be >= 2") }
+        if threads.isEmpty || threads.contains(where: { $0 < 1 }) { throw ValidationError("--threads must be >= 1") }
+        if repeats < 1 { throw ValidationError("--repeats must be >= 1") }
+    }
+
+    func run() throws {
+        let start = DispatchTime.now()
+        let llama = try LlamaModel(file: GGUFFile(path: Assets.require(model)))
+        let loadSeconds = elapsed(since: start)
+        // A fixed prompt of ordinary tokens (the vocabulary's first ids are bytes and specials).
+        var rng = SeededRandom(seed: 42)
+        let prompt = (0..<(promptTokens.max() ?? 1)).map { _ in 1000 + rng.nextInt(below: 20_000) }
+
+        var rows: [Row] = []
+        for n in threads {
+            BLAS.threads = n
+            llama.threads = n
+            var prefill: [String: Double] = [:]
+            for length in promptTokens {
+                let ids = Array(prompt.prefix(length))
+                let best = try bestTime { _ = try llama.forward(tokens: ids, cache: llama.makeCache(initialCapacity: length)) }
+                prefill["\(length)"] = Double(length) / best
+            }
+            let decodeSeconds = try bestTime {
+                let cache = llama.makeCache(initialCapacity: decodeTokens + 1)
+                var logits = try llama.forward(tokens: [prompt[0]], cache: cache)
+                for _ in 0..<decodeTokens {
+                    let next = logits.withUnsafeBufferPointer { Sampler.argmax($0) }
+                    logits = try llama.forward(tokens: [next], cache: cache)
+                }
+            }
+            let decodeRate = Double(decodeTokens) / decodeSeconds
+            rows.append(Row(threads: n, prefillTokensPerSecond: prefill, decodeTokensPerSecond: decodeRate,
+                            decodeWeightGBPerSecond: decodeRate * Double(llama.decodeWeightBytes) / 1e9,
+                            llamaCppPrefill: n >= 2 ? "330-350" : "180", llamaCppDecode: n >= 2 ? 140 : 92))
+        }
+        let report = Report(loadSeconds: loadSeconds, decodeWeightBytes: llama.decodeWeightBytes, rows: rows)
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            encoder.keyEncodingStrategy = .convertToSnakeCase
+            print(String(decoding: try encoder.encode(report), as: UTF8.self))
+            return
+        }
+        print(String(format: "SmolLM2-135M Q4_1, %@; model load %.2f s; decode reads %.1f MB of weights per token",
+                     report.regime, loadSeconds, Double(llama.decodeWeightBytes) / 1e6))
+        let prefillHeaders = promptTokens.map { "prefill \($0) tok/s" }
+        print("| threads | " + prefillHeaders.joined(separator: " | ") + " | decode tok/s | weights GB/s | llama.cpp prefill | llama.cpp decode |")
+        print("|---|" + String(repeating: "---|", count: prefillHeaders.count + 4))
+        for row in rows {
+            let prefill = promptTokens.map { String(format: "%.0f", row.prefillTokensPerSecond["\($0)"] ?? 0) }
+            print("| \(row.threads) | " + prefill.joined(separator: " | ")
+                  + String(format: " | %.1f | %.1f | %@ | %.0f |", row.decodeTokensPerSecond, row.decodeWeightGBPerSecond,
+                           row.llamaCppPrefill, row.llamaCppDecode))
+        }
+    }
+
+    /// Best wall-clock seconds of `repeats` runs after one warm-up.
+    private func bestTime(_ body: () throws -> Void) throws -> Double {
+        try body()
+        var best = Double.infinity
+        for _ in 0..<repeats {
+            let start = DispatchTime.now()
+            try body()
+            best = min(best, elapsed(since: start))
+        }
+        return best
+    }
+
+    private func elapsed(since start: DispatchTime) -> Double {
+        Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+    }
+}
