@@ -169,6 +169,13 @@ enum GGUFParser {
             tensors.append(GGUFTensorInfo(name: t.name, type: t.type, dims: t.dims, offset: absolute,
                                           byteCount: t.byteCount, elementCount: t.elementCount))
         }
+        // ggml lays tensors out back to back; overlapping data means a corrupt or crafted tensor directory.
+        let byStart = tensors.indices.filter { tensors[$0].byteCount > 0 }.sorted { tensors[$0].offset < tensors[$1].offset }
+        for (a, b) in zip(byStart, byStart.dropFirst()) where tensors[a].offset + tensors[a].byteCount > tensors[b].offset {
+            throw c.error("tensor \(shown(tensors[b].name)) (bytes \(tensors[b].offset)..<\(tensors[b].offset + tensors[b].byteCount)) "
+                          + "overlaps tensor \(shown(tensors[a].name)) (bytes \(tensors[a].offset)..<"
+                          + "\(tensors[a].offset + tensors[a].byteCount))", at: pending[b].infoOffset)
+        }
         return GGUFHeader(version: version, alignment: alignment, metadata: metadata, metadataKeys: keys,
                           tensors: tensors, dataOffset: dataOffset)
     }

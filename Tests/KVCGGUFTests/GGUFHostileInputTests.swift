@@ -160,6 +160,11 @@ final class GGUFHostileInputTests: XCTestCase {
                                      contains: ["'a?b?[31m'"])
         XCTAssertFalse(message?.contains("\n") ?? true)
 
+        var overlap = header(tensors: 2, kvs: 0)
+        tensorInfo(&overlap, name: "a", dims: [16]); tensorInfo(&overlap, name: "b", dims: [4], offset: 32)
+        overlap.pad(to: 32); overlap.raw([UInt8](repeating: 0, count: 128))
+        assertKVCError(try open(overlap.bytes), contains: ["tensor 'b'", "overlaps tensor 'a'", "offset 57"])
+
         var dup = header(tensors: 2, kvs: 0)
         tensorInfo(&dup, dims: [4]); tensorInfo(&dup, dims: [4], offset: 32)
         dup.pad(to: 32); dup.raw([UInt8](repeating: 0, count: 64))
