@@ -39,7 +39,7 @@ let package = Package(
         .systemLibrary(name: "CPNG", pkgConfig: "libpng", providers: [.apt(["libpng-dev", "libjpeg-dev"])]),
 
         // Shared plumbing: BLAS front door, float16, safetensors, atomic files, progress, RNG, errors.
-        .target(name: "KVCCore", dependencies: ["CBLAS", "CXXHash"], swiftSettings: swiftSettings),
+        .target(name: "KVCCore", dependencies: ["CBLAS", "CXXHash", .product(name: "Yams", package: "Yams")], swiftSettings: swiftSettings),
         // Reverse-mode autodiff tensors, ops, optimizers.
         .target(name: "KVCTensor", dependencies: ["KVCCore"], swiftSettings: swiftSettings),
         // GGUF v3 reader with bounds checks and dequantization of its block formats.

@@ -47,3 +47,30 @@ final class ChecksumTests: XCTestCase {
         XCTAssertNotEqual(a, Checksum.xxh128(Data("kvcapsulf".utf8)))
     }
 }
+
+final class RecipeTests: XCTestCase {
+    func testTypedReadsAndErrorsNameTheKey() throws {
+        let r = try RecipeSection.parse("""
+        kind: front-end
+        seed: 3
+        train:
+          steps: 10
+          lr: 0.001
+          typo_key: 1
+        """, file: "r.yaml")
+        XCTAssertEqual(try r.string("kind", allowed: ["front-end", "capsule"]), "front-end")
+        XCTAssertEqual(try r.int("seed", range: 0...100), 3)
+        XCTAssertEqual(try r.int("epochs", default: 2, range: 1...10), 2)
+        let t = try XCTUnwrap(r.section("train"))
+        XCTAssertEqual(try t.int("steps", range: 1...100), 10)
+        XCTAssertEqual(try t.double("lr", range: 0...1), 0.001)
+        XCTAssertThrowsError(try t.finish()) {
+            XCTAssertTrue("\($0)".contains("r.yaml") && "\($0)".contains("train.typo_key") && "\($0)".contains("accepts: lr, steps"), "\($0)")
+        }
+        XCTAssertNoThrow(try r.finish())
+        XCTAssertThrowsError(try t.int("steps", range: 20...30)) { XCTAssertTrue("\($0)".contains("train.steps: expected an integer in 20...30, got '10'"), "\($0)") }
+        XCTAssertThrowsError(try r.string("kind", allowed: ["capsule"])) { XCTAssertTrue("\($0)".contains("not one of capsule"), "\($0)") }
+        XCTAssertThrowsError(try RecipeSection.parse("- a\n- b", file: "x.yaml")) { XCTAssertTrue("\($0)".contains("mapping"), "\($0)") }
+        XCTAssertThrowsError(try RecipeSection.parse("a: [", file: "x.yaml")) { XCTAssertTrue("\($0)".contains("not valid YAML"), "\($0)") }
+    }
+}
