@@ -98,16 +98,33 @@ public final class GGUFFile: @unchecked Sendable {
     }
 
     public func dequantize(_ info: GGUFTensorInfo) throws -> [Float] {
-        guard info.type.canDequantize else {
-            throw KVCError.file(path, "unsupported tensor type \(info.type.name) in tensor '\(info.name)' "
-                                + "(supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)")
-        }
+        try requireDequantizable(info)
         let src = rawBytes(info)
         return [Float](unsafeUninitializedCapacity: info.elementCount) { dst, initialized in
             if info.elementCount > 0, let s = src.baseAddress, let d = dst.baseAddress {
                 GGMLQuant.dequantizeParallel(info.type, s, d, count: info.elementCount)
             }
             initialized = info.elementCount
+        }
+    }
+
+    /// Converts rows `rows` of a tensor (rows of `rowLength` elements) into `destination`, which must hold
+    /// exactly `rows.count * rowLength` floats (a programmer error otherwise: precondition). Lets callers fill
+    /// one large buffer, or fetch single embedding rows, without an intermediate array.
+    public func dequantize(_ info: GGUFTensorInfo, rows: Range<Int>, into destination: UnsafeMutableBufferPointer<Float>) throws {
+        try requireDequantizable(info)
+        precondition(rows.lowerBound >= 0 && rows.upperBound <= info.rowCount,
+                     "rows \(rows) out of range for tensor '\(info.name)' with \(info.rowCount) rows")
+        let count = rows.count * info.rowLength
+        precondition(destination.count == count, "destination holds \(destination.count) floats, rows need \(count)")
+        guard count > 0, let s = rawBytes(info).baseAddress, let d = destination.baseAddress else { return }
+        GGMLQuant.dequantizeParallel(info.type, s + rows.lowerBound * info.rowByteCount, d, count: count)
+    }
+
+    private func requireDequantizable(_ info: GGUFTensorInfo) throws {
+        guard info.type.canDequantize else {
+            throw KVCError.file(path, "unsupported tensor type \(info.type.name) in tensor '\(info.name)' "
+                                + "(supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)")
         }
     }
 

@@ -126,6 +126,10 @@ final class GGUFRealFileTests: XCTestCase {
                 }
                 XCTAssertEqual(row, Array(whole[(r * t.rowLength)..<((r + 1) * t.rowLength)]), "\(name) row \(r)")
             }
+            let range = (t.rowCount / 3)..<(t.rowCount / 3 + min(2, t.rowCount))
+            var rowsOut = [Float](repeating: .nan, count: range.count * t.rowLength)
+            try rowsOut.withUnsafeMutableBufferPointer { try f.dequantize(t, rows: range, into: $0) }
+            XCTAssertEqual(rowsOut, Array(whole[(range.lowerBound * t.rowLength)..<(range.upperBound * t.rowLength)]), name)
         }
     }
 
