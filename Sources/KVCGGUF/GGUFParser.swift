@@ -54,10 +54,11 @@ enum GGUFParser {
         }
         let tensorCount = Int(tensorCountRaw)
 
+        // Reservations are capped: a count that the remaining bytes could hold in theory is still only a claim.
         var metadata: [String: GGUFValue] = [:]
-        metadata.reserveCapacity(kvCount)
+        metadata.reserveCapacity(min(kvCount, 4096))
         var keys: [String] = []
-        keys.reserveCapacity(kvCount)
+        keys.reserveCapacity(min(kvCount, 4096))
         var elementBudget = maxMetadataArrayElements
         for i in 0..<kvCount {
             let keyOffset = c.offset
@@ -92,9 +93,9 @@ enum GGUFParser {
         struct PendingTensor { var name: String; var type: GGMLType; var dims: [Int]; var relativeOffset: Int
                                var byteCount: Int; var elementCount: Int; var infoOffset: Int }
         var pending: [PendingTensor] = []
-        pending.reserveCapacity(tensorCount)
+        pending.reserveCapacity(min(tensorCount, 65_536))
         var seenNames = Set<String>()
-        seenNames.reserveCapacity(tensorCount)
+        seenNames.reserveCapacity(min(tensorCount, 65_536))
         for i in 0..<tensorCount {
             let infoOffset = c.offset
             let name = try c.string("name of tensor \(i)")
@@ -212,7 +213,7 @@ enum GGUFParser {
             }
             budget -= n
             var items: [GGUFValue] = []
-            items.reserveCapacity(n)
+            items.reserveCapacity(elementType.fixedSize != nil ? n : min(n, 1 << 16))   // fixed-size: bytes checked
             if let size = elementType.fixedSize {
                 // The count check above already guarantees n * size bytes remain.
                 for _ in 0..<n { items.append(scalar(elementType, c.base + c.offset)); try c.skip(size) }
