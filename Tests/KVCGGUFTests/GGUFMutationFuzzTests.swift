@@ -160,9 +160,11 @@ final class GGUFMutationFuzzTests: XCTestCase {
         let spare = 4096
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size + spare, alignment: 64)
         defer { buffer.deallocate() }
-        let data = try Data(contentsOf: URL(fileURLWithPath: path))
-        XCTAssertEqual(data.count, size)
-        data.withUnsafeBytes { buffer.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: size) }
+        do {   // scoped so the read copy is freed before fuzzing
+            let data = try Data(contentsOf: URL(fileURLWithPath: path))
+            XCTAssertEqual(data.count, size)
+            data.withUnsafeBytes { buffer.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: size) }
+        }
         for k in size..<(size + spare) { buffer[k] = UInt8(truncatingIfNeeded: rng.next()) }
 
         for i in 0..<iterations {
