@@ -100,12 +100,25 @@ static void kvc_jpeg_emit_message(j_common_ptr cinfo, int msg_level) {
 
 static void kvc_jpeg_output_message(j_common_ptr cinfo) { (void)cinfo; }
 
+// A progressive JPEG may declare thousands of tiny scans, each a pass over the whole coefficient buffer: a small
+// hostile file could keep the decoder busy for minutes. Real encoders write about ten; more than this is refused.
+#define KVC_JPEG_MAX_SCANS 500
+
+static void kvc_jpeg_progress(j_common_ptr cinfo) {
+    if (cinfo->is_decompressor && ((j_decompress_ptr)cinfo)->input_scan_number > KVC_JPEG_MAX_SCANS) {
+        kvc_jpeg_error_manager *err = (kvc_jpeg_error_manager *)cinfo->err;
+        snprintf(err->message, sizeof err->message, "more than %d progressive scans", KVC_JPEG_MAX_SCANS);
+        longjmp(err->escape, 1);
+    }
+}
+
 static inline int kvc_jpeg_decode_rgb(const unsigned char *data, size_t size, unsigned long max_side,
                                       unsigned long max_pixels, unsigned char **out_pixels,
                                       unsigned int *out_width, unsigned int *out_height,
                                       char *message, size_t message_capacity) {
     struct jpeg_decompress_struct cinfo;
     kvc_jpeg_error_manager err;
+    struct jpeg_progress_mgr progress;
     unsigned char *volatile pixels = NULL;
     *out_pixels = NULL;
     *out_width = 0;
@@ -123,6 +136,8 @@ static inline int kvc_jpeg_decode_rgb(const unsigned char *data, size_t size, un
         return KVC_IMAGE_ERROR;
     }
     jpeg_create_decompress(&cinfo);
+    progress.progress_monitor = kvc_jpeg_progress;
+    cinfo.progress = &progress;
     if (size == 0 || size > 0xFFFFFFFFul) {
         jpeg_destroy_decompress(&cinfo);
         kvc_copy_message(message, message_capacity, size == 0 ? "empty file" : "file larger than 4 GiB");
