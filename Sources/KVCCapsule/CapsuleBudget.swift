@@ -19,9 +19,12 @@ public struct CapsuleBudget: Equatable, Codable, Sendable {
     public func plan(tokens n: Int, headDim d: Int) -> SpanPlan {
         let keptKeys = min(n, max(1, Int((Double(n) * (1 - keyRatio)).rounded())))
         let valueBudget = (1 - valueRatio) * Double(n * d)   // in float16 elements
-        // coefficients n x q + basis q x d + mean d <= budget
-        let rank = max(0, min(min(n, d), Int(((valueBudget - Double(d)) / Double(n + d)).rounded(.down))))
-        return SpanPlan(tokens: n, headDim: d, keptKeys: keptKeys, valueRank: rank)
+        // A budget that holds the raw float16 values keeps them exactly; otherwise factors cost (n + d) q + d halves.
+        if valueBudget >= Double(n * d) {
+            return SpanPlan(tokens: n, headDim: d, keptKeys: keptKeys, valueRank: nil)
+        }
+        let rank = Int(((valueBudget - Double(d)) / Double(n + d)).rounded(.down))
+        return SpanPlan(tokens: n, headDim: d, keptKeys: keptKeys, valueRank: max(0, min(rank, min(n, d))))
     }
 }
 
@@ -30,14 +33,18 @@ public struct SpanPlan: Equatable, Sendable {
     public var tokens: Int
     public var headDim: Int
     public var keptKeys: Int
-    public var valueRank: Int
+    /// PCA rank of the values, or nil when the budget allows the raw float16 values (cheaper than full-rank factors).
+    public var valueRank: Int?
 
     /// Float16 bytes of the full cache for this span, keys and values.
     public var fullBytes: Int { 2 * tokens * headDim * 2 }
     /// Retained keys (structured retention patterns are derived from the grid, so they cost no index bytes).
     public var keyBytes: Int { keptKeys * headDim * 2 }
     /// Coefficients, basis and mean of the value PCA, float16.
-    public var valueBytes: Int { valueRank == 0 ? 0 : (tokens * valueRank + valueRank * headDim + headDim) * 2 }
+    public var valueBytes: Int {
+        guard let q = valueRank else { return tokens * headDim * 2 }
+        return (tokens * q + q * headDim + headDim) * 2
+    }
     public var bytes: Int { keyBytes + valueBytes }
     public var measuredRatio: Double { 1 - Double(bytes) / Double(fullBytes) }
 }

@@ -26,6 +26,11 @@ final class BudgetTests: XCTestCase {
         // rV = 0.7: budget 0.3 * 4096 = 1228.8 halves; (64 + 64) q + 64 <= 1228.8 -> q = 9.
         XCTAssertEqual(plan.valueRank, 9)
         XCTAssertEqual(plan.valueBytes, (64 * 9 + 9 * 64 + 64) * 2)
+        // r = 0 keeps every key and the raw values (full-rank factors would cost more than the values).
+        let none = CapsuleBudget(ratio: 0, keyRatio: 0).plan(tokens: 64, headDim: 64)
+        XCTAssertEqual(none.keptKeys, 64)
+        XCTAssertNil(none.valueRank)
+        XCTAssertEqual(none.bytes, none.fullBytes)
     }
 }
 

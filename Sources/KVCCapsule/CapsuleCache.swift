@@ -1,0 +1,257 @@
+import KVCBackbone
+import KVCCollect
+import KVCCore
+
+/// How the capsule rebuilds the keys it dropped.
+public enum KeyReconstruction: Sendable {
+    /// The fitted RoPE-equivariant linear map (DESIGN §2.1).
+    case linear(LinearKeyReconstructor)
+    /// Copy the nearest retained neighbour, re-rotated to the dropped token's position (ablation).
+    case nearest
+    /// Leave dropped tokens out of attention entirely: eviction at the same bytes (ablation).
+    case evict
+}
+
+/// Everything a capsule cache needs besides the model: the budget, the retention policy and the key reconstructor.
+public struct CapsuleSettings: Sendable {
+    public var budget: CapsuleBudget
+    public var policy: RetentionPolicy
+    public var neighbours: Int
+    public var keys: KeyReconstruction
+
+    public init(budget: CapsuleBudget, policy: RetentionPolicy = .strided, neighbours: Int = 4, keys: KeyReconstruction) {
+        self.budget = budget
+        self.policy = policy
+        self.neighbours = neighbours
+        self.keys = keys
+    }
+}
+
+/// The KVCapsule cache (DESIGN §2, dense mode). During prefill it is a plain float16 cache. `compress(grids:visionPositions:)`
+/// then replaces the vision span of every layer by its capsule — retained keys plus value factors — and frees the full
+/// span. Afterwards, each `withLayer` rebuilds that layer's vision K/V into one reused float32 scratch buffer and hands
+/// attention an ordinary dense view: attention runs the same code as with the plain cache.
+public final class CapsuleCache: KVCache {
+    public let layerCount: Int
+    public let kvHeadCount: Int
+    public let headDim: Int
+    public let settings: CapsuleSettings
+    private let rope: RotaryEmbedding
+
+    // Before compression everything lives here; afterwards it holds the text positions only.
+    private var text: PlainKVCache
+    private var textPositions: [Int32] = []
+    private var length_ = 0
+
+    // The compressed vision span (nil before `compress`).
+    private struct Capsule {
+        var positions: [Int32]              // of the vision tokens, ascending
+        var neighbours: GridNeighbours
+        var retainedKeys: [[UInt16]]        // [layer * kvHeads + head] → [kept, headDim] float16
+        var values: [[FactoredValues]]      // [layer][head]
+        var rawValues: [[UInt16]]           // [layer * kvHeads + head] → [N, headDim] float16 when the budget allows raw
+        var plan: SpanPlan
+    }
+    private var capsule: Capsule?
+    // Reused per layer: dense keys/values in position order, and each entry's position.
+    private var scratchKeys: [Float] = []
+    private var scratchValues: [Float] = []
+    private var scratchPositions: [Int32] = []
+
+    public init(config: LlamaConfig, rope: RotaryEmbedding, settings: CapsuleSettings) {
+        layerCount = config.layerCount
+        kvHeadCount = config.kvHeadCount
+        headDim = config.headDim
+        self.rope = rope
+        self.settings = settings
+        text = PlainKVCache(config: config)
+    }
+
+    public var length: Int { length_ }
+
+    public func append(layer: Int, keys: UnsafePointer<Float>, values: UnsafePointer<Float>, count: Int) {
+        text.append(layer: layer, keys: keys, values: values, count: count)
+        if layer == layerCount - 1 {
+            textPositions += (length_..<(length_ + count)).map { Int32($0) }
+            length_ += count
+        }
+    }
+
+    public func trim(to newLength: Int) {
+        precondition(capsule == nil || newLength >= Int(capsule!.positions.last ?? 0) + 1,
+                     "CapsuleCache.trim: cannot trim into the compressed vision span")
+        let keep = textPositions.filter { Int($0) < newLength }.count
+        text.trim(to: keep)
+        textPositions.removeLast(textPositions.count - keep)
+        length_ = min(length_, newLength)
+    }
+
+    // MARK: Compression
+
+    /// Compresses the vision tokens at `visionPositions` (the grids tile them in order) in every layer.
+    public func compress(grids: [ImageGrid], visionPositions: [Int32]) throws {
+        precondition(capsule == nil, "CapsuleCache.compress: already compressed")
+        let n = visionPositions.count
+        guard n == grids.reduce(0, { $0 + $1.count }), n > 0 else {
+            throw KVCError("capsule: \(n) vision positions for grids covering \(grids.reduce(0) { $0 + $1.count }) tokens")
+        }
+        let plan = settings.budget.plan(tokens: n, headDim: headDim)
+        let keep = settings.policy.mask(grids: grids, kept: plan.keptKeys)
+        let nb = GridNeighbours(grids: grids, keep: keep, count: settings.neighbours)
+        let isVision = Set(visionPositions)
+        let textIndex = textPositions.enumerated().filter { !isVision.contains($0.element) }.map(\.offset)
+        let visionIndex = visionPositions.map { p in textPositions.firstIndex(of: p) }
+        guard visionIndex.allSatisfy({ $0 != nil }) else { throw KVCError("capsule: a vision position is not in the cache") }
+        let d = headDim
+        var retained: [[UInt16]] = [], factored: [[FactoredValues]] = [], raw: [[UInt16]] = []
+        let remaining = PlainKVCache(layerCount: layerCount, kvHeadCount: kvHeadCount, headDim: d,
+                                     initialCapacity: max(textIndex.count + 64, 64))
+        var spanK = [Float](repeating: 0, count: n * d), spanV = [Float](repeating: 0, count: n * d)
+        for l in 0..<layerCount {
+            var layerFactors: [FactoredValues] = []
+            var restK = [Float](repeating: 0, count: kvHeadCount * textIndex.count * d), restV = restK
+            try text.withLayer(l) { view in
+                guard case .float16(let keys, let values) = view.storage else { throw KVCError("capsule: unexpected cache storage") }
+                for h in 0..<kvHeadCount {
+                    let base = h * view.headStride
+                    for (j, idx) in visionIndex.enumerated() {
+                        for e in 0..<d {
+                            spanK[j * d + e] = Float(keys[base + idx! * d + e])
+                            spanV[j * d + e] = Float(values[base + idx! * d + e])
+                        }
+                    }
+                    for (j, idx) in textIndex.enumerated() {
+                        for e in 0..<d {
+                            restK[(h * textIndex.count + j) * d + e] = Float(keys[base + idx * d + e])
+                            restV[(h * textIndex.count + j) * d + e] = Float(values[base + idx * d + e])
+                        }
+                    }
+                    retained.append(HalfConversion.floatToHalf(nb.retained.flatMap { Array(spanK[($0 * d)..<(($0 + 1) * d)]) }))
+                    if let q = plan.valueRank {
+                        layerFactors.append(try spanV.withUnsafeBufferPointer { try FactoredValues(values: $0, tokens: n, headDim: d, rank: q) })
+                        raw.append([])
+                    } else {
+                        raw.append(HalfConversion.floatToHalf(spanV))
+                    }
+                }
+            }
+            factored.append(layerFactors)
+            restK.withUnsafeBufferPointer { k in restV.withUnsafeBufferPointer { v in
+                remaining.append(layer: l, keys: k.baseAddress!, values: v.baseAddress!, count: textIndex.count)
+            } }
+        }
+        text = remaining   // the full vision span is freed here
+        textPositions = textIndex.map { textPositions[$0] }
+        capsule = Capsule(positions: visionPositions, neighbours: nb, retainedKeys: retained, values: factored,
+                          rawValues: raw, plan: plan)
+    }
+
+    // MARK: Reading
+
+    public func withLayer<R>(_ layer: Int, _ body: (KVLayerView) throws -> R) rethrows -> R {
+        guard let capsule else { return try text.withLayer(layer, body) }
+        let d = headDim, n = capsule.positions.count
+        let evict: Bool
+        if case .evict = settings.keys { evict = true } else { evict = false }
+        // Entries in position order: text and (possibly only the retained) vision tokens merged. The text store may
+        // already hold this step's new positions (appended to this layer before the last layer commits them).
+        let visionEntries: [Int] = evict ? capsule.neighbours.retained : Array(0..<n)
+        let textCount = text.withLayer(layer) { $0.count }
+        let positionsOfText = textPositions + (0..<max(0, textCount - textPositions.count)).map { Int32(length_ + $0) }
+        let total = textCount + visionEntries.count
+        if scratchKeys.count < kvHeadCount * total * d {
+            scratchKeys = [Float](repeating: 0, count: kvHeadCount * max(total, 64) * 2 * d)
+            scratchValues = scratchKeys
+        }
+        let capacity = scratchKeys.count / (kvHeadCount * d)
+        var order: [(isVision: Bool, index: Int)] = []
+        order.reserveCapacity(total)
+        var ti = 0, vi = 0
+        while ti < textCount || vi < visionEntries.count {
+            if vi < visionEntries.count && (ti == textCount || capsule.positions[visionEntries[vi]] < positionsOfText[ti]) {
+                order.append((true, visionEntries[vi])); vi += 1
+            } else {
+                order.append((false, ti)); ti += 1
+            }
+        }
+        scratchPositions = order.map { $0.isVision ? capsule.positions[$0.index] : positionsOfText[$0.index] }
+        var denseK = [Float](repeating: 0, count: n * d), denseV = [Float](repeating: 0, count: n * d)
+        text.withLayer(layer) { view in
+            guard case .float16(let keys, let values) = view.storage else { preconditionFailure("capsule: plain cache is float16") }
+            for h in 0..<kvHeadCount {
+                rebuildVision(layer: layer, head: h, capsule: capsule, keys: &denseK, values: &denseV)
+                let base = h * view.headStride, out = h * capacity * d
+                for (slot, entry) in order.enumerated() {
+                    if entry.isVision {
+                        for e in 0..<d {
+                            scratchKeys[out + slot * d + e] = denseK[entry.index * d + e]
+                            scratchValues[out + slot * d + e] = denseV[entry.index * d + e]
+                        }
+                    } else {
+                        for e in 0..<d {
+                            scratchKeys[out + slot * d + e] = Float(keys[base + entry.index * d + e])
+                            scratchValues[out + slot * d + e] = Float(values[base + entry.index * d + e])
+                        }
+                    }
+                }
+            }
+        }
+        return try scratchKeys.withUnsafeBufferPointer { k in
+            try scratchValues.withUnsafeBufferPointer { v in
+                try scratchPositions.withUnsafeBufferPointer { p in
+                    try body(KVLayerView(storage: .float32(keys: k.baseAddress!, values: v.baseAddress!), count: total,
+                                         headStride: capacity * d, positions: p.baseAddress!))
+                }
+            }
+        }
+    }
+
+    /// Dense vision keys and values `[N, headDim]` of one layer and head, rebuilt from the capsule.
+    private func rebuildVision(layer: Int, head: Int, capsule: Capsule, keys: inout [Float], values: inout [Float]) {
+        let d = headDim, nb = capsule.neighbours, slot = layer * kvHeadCount + head
+        let kept = HalfConversion.halfToFloat(capsule.retainedKeys[slot])
+        for (r, j) in nb.retained.enumerated() { for e in 0..<d { keys[j * d + e] = kept[r * d + e] } }
+        var dropped = [Float](repeating: 0, count: nb.dropped.count * d)
+        switch settings.keys {
+        case .linear(let model):
+            kept.withUnsafeBufferPointer {
+                model.reconstruct(layer: layer, head: head, neighbours: nb, retainedKeys: $0.baseAddress!,
+                                  positions: capsule.positions, into: &dropped)
+            }
+        case .nearest:
+            for (t, j) in nb.dropped.enumerated() {
+                guard let first = nb.neighbours[t].first else { continue }
+                let delta = Int(capsule.positions[j]) - Int(capsule.positions[nb.retained[first]])
+                let rotated = rope.rotate(Array(kept[(first * d)..<((first + 1) * d)]), position: delta)
+                for e in 0..<d { dropped[t * d + e] = rotated[e] }
+            }
+        case .evict:
+            break
+        }
+        for (t, j) in nb.dropped.enumerated() { for e in 0..<d { keys[j * d + e] = dropped[t * d + e] } }
+        if let _ = capsule.plan.valueRank {
+            values.withUnsafeMutableBufferPointer { capsule.values[layer][head].reconstruct(into: $0.baseAddress!) }
+        } else {
+            let v = HalfConversion.halfToFloat(capsule.rawValues[slot])
+            for i in 0..<(capsule.positions.count * d) { values[i] = v[i] }
+        }
+    }
+
+    // MARK: Bytes
+
+    /// Bytes of the compressed vision span (retained keys, value factors or raw values, keep masks).
+    public var visionBytes: Int {
+        guard let c = capsule else { return 0 }
+        let keys = c.retainedKeys.reduce(0) { $0 + 2 * $1.count }
+        let values = c.values.reduce(0) { $0 + $1.reduce(0) { $0 + $1.byteCount } } + c.rawValues.reduce(0) { $0 + 2 * $1.count }
+        return keys + values + layerCount * kvHeadCount * settings.policy.maskBytes(tokens: c.positions.count)
+    }
+
+    /// Float16 bytes the full cache would hold for the same vision span.
+    public var visionBytesFull: Int { (capsule?.positions.count ?? 0) * layerCount * kvHeadCount * headDim * 2 * 2 }
+
+    /// Float16 bytes of the text positions held exactly.
+    public var textBytes: Int { text.storedBytes }
+
+    public var residentBytes: Int { text.residentBytes + visionBytes + 4 * (scratchKeys.count + scratchValues.count) }
+}
