@@ -67,23 +67,66 @@ public func matmul(_ a: Tensor, _ b: Tensor, transposeA: Bool = false, transpose
     return out
 }
 
-/// x·Wᵀ + b for x [..., in], weight [out, in] (PyTorch's layout, so checkpoints interoperate), bias [out].
-/// Fused: the bias is written first and the GEMM accumulates onto it, and the backward is two GEMMs and a column sum.
-public func linear(_ x: Tensor, weight: Tensor, bias: Tensor? = nil) -> Tensor {
+/// activation(x·Wᵀ + b) for x [..., in], weight [out, in] (PyTorch's layout, so checkpoints interoperate), bias [out].
+/// Fused: the bias is written first and the GEMM accumulates onto it; the backward is two GEMMs and a column sum.
+/// ReLU is fused too (applied in place; its mask, the bias column sum and the masking of the incoming gradient
+/// share one pass), which saves one activation-sized buffer and two passes over it per layer. Other activations are
+/// applied as separate ops.
+public func linear(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, activation: Activation = .identity) -> Tensor {
+    switch activation {
+    case .identity: return fusedLinear(x, weight: weight, bias: bias, relu: false)
+    case .relu: return fusedLinear(x, weight: weight, bias: bias, relu: true)
+    default: return activation.apply(fusedLinear(x, weight: weight, bias: bias, relu: false))
+    }
+}
+
+private func fusedLinear(_ x: Tensor, weight: Tensor, bias: Tensor?, relu: Bool) -> Tensor {
     shapeCheck(x.rank >= 1 && weight.rank == 2 && x.shape[x.rank - 1] == weight.shape[1], "linear",
                "input \(x.shape) does not match weight [out, in] = \(weight.shape)")
     let (outF, inF) = (weight.shape[0], weight.shape[1])
     if let bias { shapeCheck(bias.shape == [outF], "linear", "bias \(bias.shape) should be [\(outF)]") }
-    let rows = x.count / max(inF, 1)
+    let rows = x.count / Swift.max(inF, 1)
     let out = Tensor(uninitializedShape: Array(x.shape.dropLast()) + [outF])
     if let bias {
         for r in 0..<rows { (out.data + r * outF).update(from: bias.data, count: outF) }
     }
     BLAS.gemm(transA: false, transB: true, m: rows, n: outF, k: inF, a: x.data, b: weight.data,
               beta: bias == nil ? 0 : 1, c: out.data)
+    if relu {
+        let po = out.data
+        for i in 0..<out.count { po[i] = Swift.max(po[i], 0) }
+    }
     var parents = [x, weight]
     if let bias { parents.append(bias) }
-    out.record(parents) { _, g in
+    out.record(parents) { out, gIn in
+        var g = gIn
+        if relu {
+            // The gradient through ReLU, masked in place: the incoming buffer belongs to `out`, whose gradient is
+            // discarded once this closure returns. The bias column sum rides along in the same pass.
+            let gm = UnsafeMutablePointer(mutating: gIn), py = out.data
+            let biasGrad = bias.flatMap { $0.requiresGrad ? $0 : nil }
+            if let biasGrad {
+                biasGrad.accumulateGrad { gb, overwrite in
+                    if overwrite { gb.initialize(repeating: 0, count: outF) }
+                    for r in 0..<rows {
+                        let gr = gm + r * outF, yr = py + r * outF
+                        for j in 0..<outF {
+                            let v = yr[j] > 0 ? gr[j] : 0
+                            gr[j] = v
+                            gb[j] += v
+                        }
+                    }
+                }
+            } else {
+                for i in 0..<out.count { gm[i] = py[i] > 0 ? gm[i] : 0 }
+            }
+            g = UnsafePointer(gm)
+        } else if let bias, bias.requiresGrad {  // db = column sums of G
+            bias.accumulateGrad { gb, overwrite in
+                if overwrite { gb.initialize(repeating: 0, count: outF) }
+                for r in 0..<rows { add(g + r * outF, into: gb, count: outF) }
+            }
+        }
         if x.requiresGrad {   // dx = G · W
             x.accumulateGrad { gx, overwrite in
                 BLAS.gemm(m: rows, n: inF, k: outF, a: g, b: weight.data, beta: overwrite ? 0 : 1, c: gx)
@@ -92,12 +135,6 @@ public func linear(_ x: Tensor, weight: Tensor, bias: Tensor? = nil) -> Tensor {
         if weight.requiresGrad {  // dW = Gᵀ · x
             weight.accumulateGrad { gw, overwrite in
                 BLAS.gemm(transA: true, m: outF, n: inF, k: rows, a: g, b: x.data, beta: overwrite ? 0 : 1, c: gw)
-            }
-        }
-        if let bias, bias.requiresGrad {  // db = column sums of G
-            bias.accumulateGrad { gb, overwrite in
-                if overwrite { gb.initialize(repeating: 0, count: outF) }
-                for r in 0..<rows { add(g + r * outF, into: gb, count: outF) }
             }
         }
     }

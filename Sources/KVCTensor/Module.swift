@@ -64,7 +64,9 @@ public final class Linear: Module {
         [("weight", weight)] + (bias.map { [("bias", $0)] } ?? [])
     }
 
-    public func callAsFunction(_ x: Tensor) -> Tensor { linear(x, weight: weight, bias: bias) }
+    public func callAsFunction(_ x: Tensor, activation: Activation = .identity) -> Tensor {
+        linear(x, weight: weight, bias: bias, activation: activation)
+    }
 }
 
 public enum Activation: String, CaseIterable, Sendable {
@@ -102,8 +104,7 @@ public final class MLP: Module {
     public func callAsFunction(_ x: Tensor) -> Tensor {
         var h = x
         for (i, layer) in layers.enumerated() {
-            h = layer(h)
-            if i + 1 < layers.count { h = activation.apply(h) }
+            h = layer(h, activation: i + 1 < layers.count ? activation : .identity)
         }
         return h
     }

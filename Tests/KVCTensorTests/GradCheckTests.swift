@@ -15,6 +15,16 @@ final class GradCheckTests: XCTestCase {
     }
     private func positive(_ shape: [Int]) -> Tensor { Tensor.uniform(shape, low: 0.5, high: 2, rng: &rng) }
 
+    /// Draws x, W (and b) until every pre-activation of x·Wᵀ + b is at least 0.15 from the ReLU kink, far more than
+    /// a finite-difference step (h = 0.01) can move it.
+    private func reluSafeLinearInputs(_ xShape: [Int], out: Int, bias: Bool) -> [Tensor] {
+        while true {
+            let inputs = [randn(xShape), randn([out, xShape.last!])] + (bias ? [randn([out])] : [])
+            let pre = Tensor.withNoGrad { linear(inputs[0], weight: inputs[1], bias: bias ? inputs[2] : nil) }
+            if pre.scalars.allSatisfy({ abs($0) > 0.15 }) { return inputs }
+        }
+    }
+
     private func check(_ inputs: [Tensor], _ label: String, file: StaticString = #filePath, line: UInt = #line,
                        _ f: ([Tensor]) -> Tensor) {
         let r = gradCheck(inputs, f)
@@ -93,6 +103,15 @@ final class GradCheckTests: XCTestCase {
         }
         check([randn([2, 3, 4]), randn([5, 4]), randn([5])], "linear") { linear($0[0], weight: $0[1], bias: $0[2]) }
         check([randn([3, 4]), randn([5, 4])], "linear without bias") { linear($0[0], weight: $0[1]) }
+        check(reluSafeLinearInputs([2, 3, 4], out: 5, bias: true), "linear + fused relu") {
+            linear($0[0], weight: $0[1], bias: $0[2], activation: .relu)
+        }
+        check(reluSafeLinearInputs([3, 4], out: 5, bias: false), "linear + fused relu, no bias") {
+            linear($0[0], weight: $0[1], activation: .relu)
+        }
+        check([randn([3, 4]), randn([5, 4]), randn([5])], "linear + gelu") {
+            linear($0[0], weight: $0[1], bias: $0[2], activation: .gelu)
+        }
     }
 
     func testNormalization() {

@@ -177,6 +177,21 @@ final class TensorTests: XCTestCase {
         XCTAssertNotNil(w.grad)
     }
 
+    /// The fused linear+ReLU must agree with the unfused ops, values and gradients (bias included).
+    func testFusedLinearReluMatchesSeparateOps() {
+        let x = randn([6, 5]), w = randn([4, 5]), b = randn([4])
+        for t in [x, w, b] { t.requiresGrad = true }
+        let seed = randn([6, 4])
+        let fused = linear(x, weight: w, bias: b, activation: .relu)
+        fused.backward(gradient: seed)
+        let fusedGrads = [x, w, b].map { $0.grad!.scalars }
+        for t in [x, w, b] { t.zeroGrad() }
+        let separate = linear(x, weight: w, bias: b).relu()
+        separate.backward(gradient: seed)
+        XCTAssertEqual(fused.scalars, separate.scalars)
+        for (k, t) in [x, w, b].enumerated() { assertClose(fusedGrads[k], t.grad!.scalars, tol: 1e-6, "gradient \(k)") }
+    }
+
     func testReshapeIsAView() {
         let x = randn([2, 6])
         let v = x.reshaped([3, 4])

@@ -51,7 +51,7 @@ struct TrainStepBench: ParsableCommand {
             throw ValidationError("--batch, --steps and --threads must be ≥ 1, --warmup ≥ 0")
         }
         BLAS.threads = threads
-        var results = [swiftTiming()]
+        var results = [swiftTiming(), gemmFloorTiming()]
         var referenceError: String?
         if !noReference {
             do { results += try referenceTimings() } catch { referenceError = "\(error)" }
@@ -77,7 +77,7 @@ struct TrainStepBench: ParsableCommand {
         if let referenceError { print("reference not run: \(referenceError)") }
     }
 
-    /// The step in KVCTensor, exactly as a trainer writes it.
+    /// The step in KVCTensor, exactly as a trainer writes it. The note splits the median step into its phases.
     private func swiftTiming() -> Timing {
         var rng = SeededRandom(seed: 0)
         let model = MLP(sizes: [Self.inputSize, Self.hiddenSize, Self.outputSize], activation: .relu, rng: &rng)
@@ -85,17 +85,45 @@ struct TrainStepBench: ParsableCommand {
         let x = Tensor.randn([batch, Self.inputSize], rng: &rng)
         let target = Tensor.randn([batch, Self.outputSize], rng: &rng)
         var losses: [Float] = []
+        var phases: [[Double]] = [[], [], []]
         func step() {
-            optimizer.zeroGrad()
-            let loss = mseLoss(model(x), target)
-            loss.backward()
-            optimizer.step()
+            var loss: Tensor!
+            let tForward = TensorBench.time {
+                optimizer.zeroGrad()
+                loss = mseLoss(model(x), target)
+            }
+            let tBackward = TensorBench.time { loss.backward() }
+            let tUpdate = TensorBench.time { optimizer.step() }
+            phases[0].append(tForward); phases[1].append(tBackward); phases[2].append(tUpdate)
             losses.append(loss.item)
         }
         for _ in 0..<warmup { step() }
+        phases = [[], [], []]
         let times = (0..<steps).map { _ in TensorBench.time(step) }
+        let m = phases.map { TensorBench.median($0) * 1e3 }
         return Timing(name: "KVCTensor (Swift)", bestMs: times.min()! * 1e3, medianMs: TensorBench.median(times) * 1e3,
-                      lossFirst: Double(losses.first!), lossLast: Double(losses.last!), note: "")
+                      lossFirst: Double(losses.first!), lossLast: Double(losses.last!),
+                      note: String(format: "median phases: forward+loss %.2f ms, backward %.2f ms, AdamW %.2f ms", m[0], m[1], m[2]))
+    }
+
+    /// The floor: the step's five GEMMs called directly on preallocated buffers, nothing else.
+    private func gemmFloorTiming() -> Timing {
+        let (b, i, h, o) = (batch, Self.inputSize, Self.hiddenSize, Self.outputSize)
+        var rng = SeededRandom(seed: 1)
+        let x = Tensor.randn([b, i], rng: &rng), w1 = Tensor.randn([h, i], rng: &rng), w2 = Tensor.randn([o, h], rng: &rng)
+        let hidden = Tensor.zeros([b, h]), y = Tensor.zeros([b, o]), gy = Tensor.randn([b, o], rng: &rng)
+        let gw1 = Tensor.zeros([h, i]), gw2 = Tensor.zeros([o, h]), gh = Tensor.zeros([b, h])
+        func gemms() {
+            BLAS.gemm(transB: true, m: b, n: h, k: i, a: x.data, b: w1.data, c: hidden.data)     // x·W1ᵀ
+            BLAS.gemm(transB: true, m: b, n: o, k: h, a: hidden.data, b: w2.data, c: y.data)     // h·W2ᵀ
+            BLAS.gemm(transA: true, m: o, n: h, k: b, a: gy.data, b: hidden.data, c: gw2.data)   // dW2 = gyᵀ·h
+            BLAS.gemm(m: b, n: h, k: o, a: gy.data, b: w2.data, c: gh.data)                      // dh = gy·W2
+            BLAS.gemm(transA: true, m: h, n: i, k: b, a: gh.data, b: x.data, c: gw1.data)        // dW1 = dhᵀ·x
+        }
+        for _ in 0..<warmup { gemms() }
+        let times = (0..<steps).map { _ in TensorBench.time(gemms) }
+        return Timing(name: "GEMMs only (floor)", bestMs: times.min()! * 1e3, medianMs: TensorBench.median(times) * 1e3,
+                      lossFirst: nil, lossLast: nil, note: "the five cblas_sgemm calls of the step on preallocated buffers")
     }
 
     private func scriptPath() throws -> String {
