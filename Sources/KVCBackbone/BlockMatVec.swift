@@ -12,6 +12,10 @@ import _Builtin_intrinsics.intel
 ///
 /// For the 4-bit formats the block offset is factored out: with `w = d·q + m`, `w·x = d·(q·x) + m·Σx`, and the
 /// block sums `Σx` are computed once per vector and shared by all rows.
+///
+/// Measured alternative: 16-bit fixed-point activations with integer multiply-adds (`vpmaddwd`) took as much CPU
+/// time per token here (decoding is bound by streaming the weights) and lost accuracy on the hidden states' outlier
+/// channels (a block holding one large value quantizes its small neighbours coarsely), so the float path stays.
 enum BlockMatVec {
     static func run(_ w: WeightMatrix, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, threads: Int) {
         let cols = w.cols
