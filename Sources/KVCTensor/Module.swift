@@ -90,7 +90,7 @@ public final class MLP: Module {
     public let activation: Activation
 
     public init(sizes: [Int], activation: Activation = .relu, rng: inout SeededRandom) {
-        precondition(sizes.count >= 2, "MLP: sizes \(sizes) needs at least [in, out]")
+        usageCheck(sizes.count >= 2, "MLP: sizes \(sizes) needs at least [in, out]")
         var layers: [Linear] = []
         for i in 0..<(sizes.count - 1) { layers.append(Linear(sizes[i], sizes[i + 1], rng: &rng)) }
         self.layers = layers

@@ -63,7 +63,7 @@ extension Tensor {
 
     /// Joins tensors along `axis`; all other dimensions must agree.
     public static func concat(_ tensors: [Tensor], axis: Int) -> Tensor {
-        precondition(!tensors.isEmpty, "concat: no tensors")
+        usageCheck(!tensors.isEmpty, "concat: no tensors")
         let first = tensors[0]
         let ax = first.normalizedAxis(axis, op: "concat")
         for t in tensors {

@@ -12,7 +12,7 @@ import KVCCore
 // first contribution after that overwrites instead of adding (BLAS beta = 0), so no step ever clears memory it is
 // about to overwrite.
 //
-// Errors: shape mismatches between tensors are programmer errors and trap with a `precondition` whose message names
+// Errors: shape mismatches between tensors are programmer errors and trap (fatalError, see `shapeCheck`) with a message naming
 // the op and the shapes. Functions that read user input (files) throw `KVCError` instead.
 
 /// A reference-counted, 64-byte aligned float buffer. Contents start uninitialised.
@@ -21,7 +21,7 @@ public final class TensorStorage {
     public let pointer: UnsafeMutablePointer<Float>
 
     public init(count: Int) {
-        precondition(count >= 0, "TensorStorage: negative element count \(count)")
+        usageCheck(count >= 0, "TensorStorage: negative element count \(count)")
         self.count = count
         if let recycled = StoragePool.shared.take(count: count) {
             pointer = recycled
@@ -98,7 +98,7 @@ public final class Tensor {
 
     /// An uninitialised tensor (ops fill it). Use `zeros` when the contents matter.
     public init(uninitializedShape shape: [Int]) {
-        precondition(shape.allSatisfy { $0 >= 0 }, "Tensor: negative dimension in shape \(shape)")
+        usageCheck(shape.allSatisfy { $0 >= 0 }, "Tensor: negative dimension in shape \(shape)")
         self.shape = shape
         count = shape.reduce(1, *)
         storage = TensorStorage(count: count)
@@ -109,7 +109,7 @@ public final class Tensor {
     /// A view of `storage` (shared, not copied).
     public init(storage: TensorStorage, offset: Int = 0, shape: [Int], requiresGrad: Bool = false) {
         let n = shape.reduce(1, *)
-        precondition(offset >= 0 && offset + n <= storage.count,
+        usageCheck(offset >= 0 && offset + n <= storage.count,
                      "Tensor view: shape \(shape) at offset \(offset) does not fit a storage of \(storage.count)")
         self.shape = shape
         count = n
@@ -119,7 +119,7 @@ public final class Tensor {
     }
 
     public convenience init(shape: [Int], values: [Float], requiresGrad: Bool = false) {
-        precondition(values.count == shape.reduce(1, *),
+        usageCheck(values.count == shape.reduce(1, *),
                      "Tensor(shape:values:): \(values.count) values do not fill shape \(shape)")
         self.init(uninitializedShape: shape)
         values.withUnsafeBufferPointer { src in
@@ -173,7 +173,7 @@ public final class Tensor {
 
     /// The single value of a one-element tensor.
     public var item: Float {
-        precondition(count == 1, "Tensor.item: tensor of shape \(shape) has \(count) elements, expected 1")
+        usageCheck(count == 1, "Tensor.item: tensor of shape \(shape) has \(count) elements, expected 1")
         return data[0]
     }
 
@@ -182,7 +182,7 @@ public final class Tensor {
     /// Turns a negative axis (-1 = last) into its index, trapping when out of range.
     public func normalizedAxis(_ axis: Int, op: String = "axis") -> Int {
         let a = axis < 0 ? axis + rank : axis
-        precondition(a >= 0 && a < Swift.max(rank, 1), "\(op): axis \(axis) is out of range for shape \(shape)")
+        usageCheck(a >= 0 && a < Swift.max(rank, 1), "\(op): axis \(axis) is out of range for shape \(shape)")
         return a
     }
 
@@ -254,16 +254,16 @@ public final class Tensor {
     /// seeded with 1. Leaves with `requiresGrad` accumulate into `grad`; the recorded graph is freed afterwards, along
     /// with the gradients of intermediate tensors.
     public func backward(gradient: Tensor? = nil) {
-        precondition(requiresGrad, "backward: tensor of shape \(shape) does not require a gradient (no parameter "
+        usageCheck(requiresGrad, "backward: tensor of shape \(shape) does not require a gradient (no parameter "
                      + "with requiresGrad = true reached it, or it was computed under Tensor.withNoGrad)")
         if let gradient {
-            precondition(gradient.shape == shape,
+            usageCheck(gradient.shape == shape,
                          "backward: seed gradient of shape \(gradient.shape) does not match tensor shape \(shape)")
             accumulateGrad { g, overwrite in
                 if overwrite { g.update(from: gradient.data, count: count) } else { add(gradient.data, into: g, count: count) }
             }
         } else {
-            precondition(count == 1, "backward: tensor of shape \(shape) is not a scalar; pass `gradient:`")
+            usageCheck(count == 1, "backward: tensor of shape \(shape) is not a scalar; pass `gradient:`")
             accumulateGrad { g, overwrite in g[0] = overwrite ? 1 : g[0] + 1 }
         }
         for node in topologicalOrder().reversed() {
@@ -345,8 +345,21 @@ func store(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, count
     if overwrite { y.update(from: x, count: count) } else { add(x, into: y, count: count) }
 }
 
-/// Checks a shape condition, trapping with the op name and a description of the mismatch.
+/// Checks a usage condition (shapes, axes, indices), trapping with the op name and what is wrong.
+/// Not `precondition`: in optimised builds (how this project always runs) `precondition` drops its message and
+/// traps with a bare "precondition failure"; `fatalError` keeps it, so the trap says which shapes disagreed.
 @inline(__always)
 func shapeCheck(_ condition: Bool, _ op: @autoclosure () -> String, _ message: @autoclosure () -> String) {
-    precondition(condition, "\(op()): \(message())")
+    if _slowPath(!condition) { usageError("\(op()): \(message())") }
+}
+
+/// Like `precondition`, but the message survives optimised builds (see `shapeCheck`).
+@inline(__always)
+func usageCheck(_ condition: Bool, _ message: @autoclosure () -> String) {
+    if _slowPath(!condition) { usageError(message()) }
+}
+
+@inline(never)
+func usageError(_ message: String) -> Never {
+    fatalError("KVCTensor: " + message)
 }

@@ -7,7 +7,8 @@ benchmark. Runs in numpy (hand-written backward, in-place where numpy allows) an
 
 Threads: numpy's BLAS reads OPENBLAS_NUM_THREADS at import, so the caller sets it in the environment;
 `--threads` sets PyTorch's intra-op threads. Prints one JSON object:
-  {"numpy": {"median_ms": ..., "min_ms": ..., "loss_first": ..., "loss_last": ...}, "torch": {...} or null, ...}
+  {"numpy": {"median_ms": ..., "min_ms": ..., "loss_first": ..., "loss_last": ...}, "torch": {...} or null,
+   "torch_fused_adamw": {...} or null, ...}
 """
 import argparse
 import json
@@ -78,7 +79,7 @@ def numpy_step_times(args):
     return time_steps(step, args), losses
 
 
-def torch_step_times(args):
+def torch_step_times(args, fused=False):
     try:
         import torch
     except Exception:
@@ -89,7 +90,9 @@ def torch_step_times(args):
     target = torch.randn(args.batch, args.out)
     model = torch.nn.Sequential(torch.nn.Linear(args.inp, args.hidden), torch.nn.ReLU(),
                                 torch.nn.Linear(args.hidden, args.out))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    # Default AdamW on CPU runs the per-tensor loop; fused=True is PyTorch's single-kernel CPU implementation.
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01,
+                            **({"fused": True} if fused else {}))
     losses = []
 
     def step():
@@ -97,7 +100,7 @@ def torch_step_times(args):
         loss = torch.nn.functional.mse_loss(model(x), target)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
 
     return time_steps(step, args), losses
 
@@ -142,6 +145,11 @@ def main():
         if times is not None:
             import torch
             result["torch_version"] = torch.__version__
+            try:
+                result["torch_fused_adamw"] = summary(*torch_step_times(args, fused=True))
+            except Exception as e:  # older PyTorch: no fused AdamW on CPU
+                result["torch_fused_adamw"] = None
+                result["torch_fused_adamw_error"] = str(e)
     json.dump(result, sys.stdout)
     print()
 

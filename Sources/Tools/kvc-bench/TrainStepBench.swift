@@ -113,17 +113,27 @@ struct TrainStepBench: ParsableCommand {
         let x = Tensor.randn([b, i], rng: &rng), w1 = Tensor.randn([h, i], rng: &rng), w2 = Tensor.randn([o, h], rng: &rng)
         let hidden = Tensor.zeros([b, h]), y = Tensor.zeros([b, o]), gy = Tensor.randn([b, o], rng: &rng)
         let gw1 = Tensor.zeros([h, i]), gw2 = Tensor.zeros([o, h]), gh = Tensor.zeros([b, h])
+        let calls: [(String, Double, () -> Void)] = [
+            ("x·W1ᵀ", 2.0 * Double(b * h * i), { BLAS.gemm(transB: true, m: b, n: h, k: i, a: x.data, b: w1.data, c: hidden.data) }),
+            ("h·W2ᵀ", 2.0 * Double(b * o * h), { BLAS.gemm(transB: true, m: b, n: o, k: h, a: hidden.data, b: w2.data, c: y.data) }),
+            ("dW2 = gᵀ·h", 2.0 * Double(o * h * b), { BLAS.gemm(transA: true, m: o, n: h, k: b, a: gy.data, b: hidden.data, c: gw2.data) }),
+            ("dh = g·W2", 2.0 * Double(b * h * o), { BLAS.gemm(m: b, n: h, k: o, a: gy.data, b: w2.data, c: gh.data) }),
+            ("dW1 = dhᵀ·x", 2.0 * Double(h * i * b), { BLAS.gemm(transA: true, m: h, n: i, k: b, a: gh.data, b: x.data, c: gw1.data) }),
+        ]
+        var perCall = [[Double]](repeating: [], count: calls.count)
         func gemms() {
-            BLAS.gemm(transB: true, m: b, n: h, k: i, a: x.data, b: w1.data, c: hidden.data)     // x·W1ᵀ
-            BLAS.gemm(transB: true, m: b, n: o, k: h, a: hidden.data, b: w2.data, c: y.data)     // h·W2ᵀ
-            BLAS.gemm(transA: true, m: o, n: h, k: b, a: gy.data, b: hidden.data, c: gw2.data)   // dW2 = gyᵀ·h
-            BLAS.gemm(m: b, n: h, k: o, a: gy.data, b: w2.data, c: gh.data)                      // dh = gy·W2
-            BLAS.gemm(transA: true, m: h, n: i, k: b, a: gh.data, b: x.data, c: gw1.data)        // dW1 = dhᵀ·x
+            for (k, call) in calls.enumerated() { perCall[k].append(TensorBench.time(call.2)) }
         }
         for _ in 0..<warmup { gemms() }
+        perCall = perCall.map { _ in [] }
         let times = (0..<steps).map { _ in TensorBench.time(gemms) }
+        let detail = calls.enumerated().map { k, call in
+            let best = perCall[k].min()!
+            return String(format: "%@ %.2f ms (%.0f GFLOP/s)", call.0, best * 1e3, call.1 / best / 1e9)
+        }.joined(separator: ", ")
         return Timing(name: "GEMMs only (floor)", bestMs: times.min()! * 1e3, medianMs: TensorBench.median(times) * 1e3,
-                      lossFirst: nil, lossLast: nil, note: "the five cblas_sgemm calls of the step on preallocated buffers")
+                      lossFirst: nil, lossLast: nil,
+                      note: "the step's five cblas_sgemm calls on preallocated buffers; best of each: " + detail)
     }
 
     private func scriptPath() throws -> String {
@@ -148,7 +158,10 @@ struct TrainStepBench: ParsableCommand {
         }
         if let torch = first["torch"] as? [String: Any] {
             out.append(timing("PyTorch", torch, note: (first["torch_version"].map { "torch \($0), " } ?? "")
-                              + "torch.set_num_threads(\(threads))"))
+                              + "torch.set_num_threads(\(threads)), default AdamW (per-tensor loop on CPU)"))
+            if let fused = first["torch_fused_adamw"] as? [String: Any] {
+                out.append(timing("PyTorch fused AdamW", fused, note: "torch.optim.AdamW(fused=True)"))
+            }
         } else {
             out.append(Timing(name: "PyTorch", bestMs: .nan, medianMs: .nan, lossFirst: nil, lossLast: nil,
                               note: "not importable by \(python) (pip install /opt/wheels/torch-*.whl)"))
