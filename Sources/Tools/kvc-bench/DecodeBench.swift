@@ -31,6 +31,9 @@ struct DecodeBench: ParsableCommand {
         var threads: Int
         var prefillTokensPerSecond: [String: Double]
         var decodeTokensPerSecond: Double
+        /// Decode tokens per second of process CPU time (all threads): what the kernels achieve per core, robust to
+        /// other processes taking turns on the cores.
+        var decodeTokensPerCPUSecond: Double
         var decodeWeightGBPerSecond: Double
         var llamaCppPrefill: String
         var llamaCppDecode: Double
@@ -41,6 +44,10 @@ struct DecodeBench: ParsableCommand {
         var regime = "single stream, batch 1, float16 KV cache"
         var loadSeconds: Double
         var decodeWeightBytes: Int
+        /// 1-minute load average when the run started: above the core count, other processes share the cores and
+        /// wall-clock rates drop.
+        var loadAverage: Double
+        var cores: Int
         var rows: [Row]
     }
 
@@ -54,6 +61,7 @@ struct DecodeBench: ParsableCommand {
     }
 
     func run() throws {
+        let loadAverage = Self.loadAverage()
         let start = DispatchTime.now()
         let llama = try LlamaModel(file: GGUFFile(path: Assets.require(model)))
         let loadSeconds = elapsed(since: start)
@@ -71,7 +79,8 @@ struct DecodeBench: ParsableCommand {
                 let best = try bestTime { _ = try llama.forward(tokens: ids, cache: llama.makeCache(initialCapacity: length)) }
                 prefill["\(length)"] = Double(length) / best
             }
-            let decodeSeconds = try bestTime {
+            var cpuSeconds = Double.infinity
+            let decodeSeconds = try bestTime(cpu: &cpuSeconds) {
                 let cache = llama.makeCache(initialCapacity: decodeTokens + 1)
                 var logits = try llama.forward(tokens: [prompt[0]], cache: cache)
                 for _ in 0..<decodeTokens {
@@ -81,10 +90,12 @@ struct DecodeBench: ParsableCommand {
             }
             let decodeRate = Double(decodeTokens) / decodeSeconds
             rows.append(Row(threads: n, prefillTokensPerSecond: prefill, decodeTokensPerSecond: decodeRate,
+                            decodeTokensPerCPUSecond: Double(decodeTokens) / cpuSeconds,
                             decodeWeightGBPerSecond: decodeRate * Double(llama.decodeWeightBytes) / 1e9,
                             llamaCppPrefill: n >= 2 ? "330-350" : "180", llamaCppDecode: n >= 2 ? 140 : 92))
         }
-        let report = Report(loadSeconds: loadSeconds, decodeWeightBytes: llama.decodeWeightBytes, rows: rows)
+        let report = Report(loadSeconds: loadSeconds, decodeWeightBytes: llama.decodeWeightBytes, loadAverage: loadAverage,
+                            cores: ProcessInfo.processInfo.activeProcessorCount, rows: rows)
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys]
@@ -94,27 +105,51 @@ struct DecodeBench: ParsableCommand {
         }
         print(String(format: "SmolLM2-135M Q4_1, %@; model load %.2f s; decode reads %.1f MB of weights per token",
                      report.regime, loadSeconds, Double(llama.decodeWeightBytes) / 1e6))
+        print(String(format: "load average %.2f on %d cores when started%@", loadAverage, report.cores,
+                     loadAverage > Double(report.cores) ? " (busy machine: wall-clock rates are low; see tok/CPU-s)" : ""))
         let prefillHeaders = promptTokens.map { "prefill \($0) tok/s" }
-        print("| threads | " + prefillHeaders.joined(separator: " | ") + " | decode tok/s | weights GB/s | llama.cpp prefill | llama.cpp decode |")
-        print("|---|" + String(repeating: "---|", count: prefillHeaders.count + 4))
+        print("| threads | " + prefillHeaders.joined(separator: " | ")
+              + " | decode tok/s | decode tok/CPU-s | weights GB/s | llama.cpp prefill | llama.cpp decode |")
+        print("|---|" + String(repeating: "---|", count: prefillHeaders.count + 5))
         for row in rows {
             let prefill = promptTokens.map { String(format: "%.0f", row.prefillTokensPerSecond["\($0)"] ?? 0) }
             print("| \(row.threads) | " + prefill.joined(separator: " | ")
-                  + String(format: " | %.1f | %.1f | %@ | %.0f |", row.decodeTokensPerSecond, row.decodeWeightGBPerSecond,
+                  + String(format: " | %.1f | %.1f | %.1f | %@ | %.0f |", row.decodeTokensPerSecond,
+                           row.decodeTokensPerCPUSecond, row.decodeWeightGBPerSecond,
                            row.llamaCppPrefill, row.llamaCppDecode))
         }
     }
 
     /// Best wall-clock seconds of `repeats` runs after one warm-up.
     private func bestTime(_ body: () throws -> Void) throws -> Double {
+        var unused = 0.0
+        return try bestTime(cpu: &unused, body)
+    }
+
+    /// Best wall-clock seconds, and the least process CPU seconds, of `repeats` runs after one warm-up.
+    private func bestTime(cpu: inout Double, _ body: () throws -> Void) throws -> Double {
         try body()
         var best = Double.infinity
+        cpu = .infinity
         for _ in 0..<repeats {
-            let start = DispatchTime.now()
+            let start = DispatchTime.now(), cpuStart = Self.processCPUSeconds()
             try body()
             best = min(best, elapsed(since: start))
+            cpu = min(cpu, Self.processCPUSeconds() - cpuStart)
         }
         return best
+    }
+
+    private static func processCPUSeconds() -> Double {
+        var t = timespec()
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t)
+        return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
+    }
+
+    private static func loadAverage() -> Double {
+        guard let text = try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8),
+              let first = text.split(separator: " ").first, let value = Double(first) else { return 0 }
+        return value
     }
 
     private func elapsed(since start: DispatchTime) -> Double {
