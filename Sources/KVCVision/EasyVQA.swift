@@ -248,9 +248,16 @@ fileprivate enum LenientRow: Decodable {
     }
 }
 
+/// The dataset's text files are a few megabytes; anything beyond this is refused before it is read.
+fileprivate let maxMetadataFileBytes = 256 * 1024 * 1024
+
 fileprivate func readData(_ path: String) throws -> Data {
     guard FileManager.default.fileExists(atPath: path) else {
         throw KVCError.file(path, "not found; run scripts/setup.sh (or set KVC_ASSETS to the assets directory)")
+    }
+    if let size = (try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? NSNumber,
+       size.intValue > maxMetadataFileBytes {
+        throw KVCError.file(path, "file is \(size.intValue) bytes; expected at most \(maxMetadataFileBytes)")
     }
     do { return try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
         throw KVCError.file(path, "cannot read: \(error.localizedDescription)")
