@@ -26,6 +26,7 @@ let package = Package(
         .executable(name: "kvc-demo", targets: ["kvc-demo"]),
         .executable(name: "kvc-run", targets: ["kvc-run"]),
         .executable(name: "kvc-bench", targets: ["kvc-bench"]),
+        .executable(name: "kvc-train", targets: ["kvc-train"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -50,7 +51,7 @@ let package = Package(
         .target(name: "KVCBackbone", dependencies: ["KVCCore", "KVCTensor", "KVCGGUF", "KVCTokenizer"],
                 swiftSettings: swiftSettings),
         // Images, easy-VQA, the vision front end and the VLM that joins it to the decoder.
-        .target(name: "KVCVision", dependencies: ["KVCCore", "KVCTensor", "KVCBackbone", "CPNG"],
+        .target(name: "KVCVision", dependencies: ["KVCCore", "KVCTensor", "KVCTokenizer", "KVCBackbone", "CPNG"],
                 swiftSettings: swiftSettings),
 
         // Collected KV caches: the shard format, its manifest, and the reader the trainer streams from.
@@ -65,6 +66,9 @@ let package = Package(
         .executableTarget(name: "kvc-run", dependencies: [
             "KVCBackbone", "KVCVision", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "Sources/Tools/kvc-run", swiftSettings: swiftSettings),
+        .executableTarget(name: "kvc-train", dependencies: [
+            "KVCVision", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], path: "Sources/Tools/kvc-train", swiftSettings: swiftSettings),
         .executableTarget(name: "kvc-bench", dependencies: [
             "KVCTensor", "KVCBackbone", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "Sources/Tools/kvc-bench", swiftSettings: swiftSettings),
@@ -78,7 +82,7 @@ let package = Package(
                     resources: [.copy("Fixtures")], swiftSettings: swiftSettings),
         .testTarget(name: "KVCBackboneTests", dependencies: ["KVCBackbone"],
                     resources: [.copy("Fixtures")], swiftSettings: swiftSettings),
-        .testTarget(name: "KVCVisionTests", dependencies: ["KVCVision"],
+        .testTarget(name: "KVCVisionTests", dependencies: ["KVCVision", "KVCTokenizer", "KVCGGUF"],
                     resources: [.copy("Fixtures")], swiftSettings: swiftSettings),
     ]
 )

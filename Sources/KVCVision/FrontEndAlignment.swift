@@ -1,0 +1,302 @@
+import Foundation
+import KVCBackbone
+import KVCCore
+import KVCTensor
+import KVCTokenizer
+
+/// Stage 2 of the front end (DESIGN §3): align the projector (and optionally the encoder) to the frozen decoder on
+/// easy-VQA, with the loss on the answer tokens through every decoder layer.
+///
+/// Each step takes `imagesPerStep` training images and up to `questionsPerImage` of their questions, packed as prompt
+/// trees (`LlamaGraph.Packing`): the prefix with the image tokens runs once per image and every question continues it,
+/// so a step costs about one prefix per image instead of one per question. The answer tokens are teacher-forced and
+/// followed by `<|im_end|>`, all of them targets.
+///
+/// Everything is a function of the seed and the step number, so a run cut off and resumed from its last checkpoint
+/// continues exactly where it stopped.
+public final class FrontEndAlignment {
+    public struct Options: Codable, Equatable, Sendable {
+        public var steps = 600
+        public var imagesPerStep = 8
+        public var questionsPerImage = 6
+        public var learningRate: Float = 1e-3
+        public var minLearningRate: Float = 1e-4
+        public var warmupSteps = 20
+        public var weightDecay: Float = 0.01
+        public var clipNorm: Float = 1
+        /// Also update the encoder, at `encoderLearningRateScale` x the projector's rate (0 = frozen encoder).
+        public var encoderLearningRateScale: Float = 0
+        public var evalEvery = 50
+        public var evalQuestions = 300
+        public var checkpointEvery = 25
+        public var seed: UInt64 = 1
+        public init() {}
+
+        enum CodingKeys: String, CodingKey {
+            case steps, imagesPerStep = "images_per_step", questionsPerImage = "questions_per_image"
+            case learningRate = "learning_rate", minLearningRate = "min_learning_rate", warmupSteps = "warmup_steps"
+            case weightDecay = "weight_decay", clipNorm = "clip_norm", encoderLearningRateScale = "encoder_lr_scale"
+            case evalEvery = "eval_every", evalQuestions = "eval_questions", checkpointEvery = "checkpoint_every", seed
+        }
+    }
+
+    public struct StepReport: Codable, Sendable {
+        public var step: Int
+        public var loss: Double
+        public var learningRate: Double
+        public var gradNorm: Double
+        public var seconds: Double
+        public var questions: Int
+        public var rows: Int
+        /// First-answer-token accuracy on the held-out questions, when evaluated at this step.
+        public var evalAccuracy: Double?
+    }
+
+    public let graph: LlamaGraph
+    public let tokenizer: BPETokenizer
+    public let frontEnd: FrontEnd
+    public let options: Options
+    public let runDirectory: String
+    private let prompt: VisionPrompt
+    private let train: EasyVQASplit
+    private let test: EasyVQASplit
+    private let trainByImage: [Int: [EasyVQA.Question]]
+    private let trainImageIDs: [Int]
+    private let prefixText: Tensor
+    private let closeText: Tensor
+
+    public init(graph: LlamaGraph, tokenizer: BPETokenizer, frontEnd: FrontEnd, train: EasyVQASplit, test: EasyVQASplit,
+                options: Options, runDirectory: String) {
+        self.graph = graph
+        self.tokenizer = tokenizer
+        self.frontEnd = frontEnd
+        self.options = options
+        self.runDirectory = runDirectory
+        self.train = train
+        self.test = test
+        prompt = VisionPrompt(tokenizer: tokenizer)
+        trainByImage = Dictionary(grouping: train.questions.filter { train.images.row(of: $0.imageID) != nil }, by: \.imageID)
+        trainImageIDs = trainByImage.keys.sorted()
+        prefixText = graph.embed(prompt.userStart + prompt.imageOpen)
+        closeText = graph.embed(prompt.imageClose)
+    }
+
+    private var checkpointPath: String { runDirectory + "/frontend.safetensors" }
+    private var statePath: String { runDirectory + "/state.json" }
+    private var metricsPath: String { runDirectory + "/metrics.jsonl" }
+
+    /// Trains until `options.steps`, resuming from the run directory's checkpoint if there is one.
+    public func run(log: (String) -> Void = { print($0) }) throws {
+        try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
+        var start = 0
+        if let data = FileManager.default.contents(atPath: statePath),
+           let state = try? JSONDecoder().decode([String: Int].self, from: data), let step = state["step"] {
+            try frontEnd.load(from: checkpointPath)
+            start = step
+            try truncateMetrics(after: step)
+            log("resuming from step \(step) (\(checkpointPath))")
+        }
+        let projectorParams = frontEnd.projector.parameters
+        let encoderParams = options.encoderLearningRateScale > 0 ? frontEnd.encoder.parameters : []
+        for p in encoderParams { p.requiresGrad = true }
+        if encoderParams.isEmpty { for p in frontEnd.encoder.parameters { p.requiresGrad = false } }
+        let optimizer = AdamW(parameters: projectorParams, learningRate: options.learningRate, weightDecay: options.weightDecay)
+        let encoderOptimizer = encoderParams.isEmpty ? nil
+            : AdamW(parameters: encoderParams, learningRate: options.learningRate, weightDecay: options.weightDecay)
+        let schedule = WarmupCosineSchedule(baseLR: options.learningRate, warmupSteps: options.warmupSteps,
+                                            totalSteps: options.steps, minLR: options.minLearningRate)
+        let progress = Progress("align front end", total: options.steps - start, unit: "steps")
+        for step in start..<options.steps {
+            let t0 = Date()
+            let lr = schedule.learningRate(at: step)
+            optimizer.learningRate = lr
+            encoderOptimizer?.learningRate = lr * options.encoderLearningRateScale
+            let batch = makeBatch(step: step)
+            let (lossValue, norm) = try trainStep(batch, step: step, optimizers: [optimizer] + (encoderOptimizer.map { [$0] } ?? []))
+            var report = StepReport(step: step + 1, loss: lossValue, learningRate: Double(lr), gradNorm: Double(norm),
+                                    seconds: Date().timeIntervalSince(t0), questions: batch.questions, rows: batch.input.shape[0])
+            if (step + 1) % options.evalEvery == 0 || step + 1 == options.steps {
+                report.evalAccuracy = evaluateFirstToken(limit: options.evalQuestions)
+                log(String(format: "step %d: loss %.4f, held-out first-token accuracy %.3f", step + 1, lossValue,
+                           report.evalAccuracy!))
+            }
+            try appendMetrics(report)
+            if (step + 1) % options.checkpointEvery == 0 || step + 1 == options.steps {
+                try frontEnd.save(to: checkpointPath)
+                try AtomicFile.write("{\"step\":\(step + 1)}", to: statePath)
+            }
+            progress.advance(status: String(format: "loss %.4f", lossValue))
+        }
+    }
+
+    /// One optimisation step on `batch`; stops on a non-finite loss or gradient, naming the step.
+    func trainStep(_ batch: Batch, step: Int, optimizers: [AdamW]) throws -> (loss: Double, gradNorm: Float) {
+        for o in optimizers { o.zeroGrad() }
+        let logits = graph.logits(input: batch.input, packing: batch.packing, logitRows: batch.rows)
+        let loss = crossEntropyLoss(logits: logits, targets: batch.targets)
+        let value = Double(loss.data[0])
+        guard value.isFinite else {
+            throw KVCError("front-end alignment: loss is \(value) at step \(step); stopping (last good checkpoint kept)")
+        }
+        loss.backward()
+        let norm = clipGradNorm(optimizers.flatMap(\.parameters), maxNorm: options.clipNorm)
+        guard norm.isFinite else { throw KVCError("front-end alignment: gradient norm is \(norm) at step \(step)") }
+        for o in optimizers { o.step() }
+        return (value, norm)
+    }
+
+    // MARK: Batches
+
+    struct Batch {
+        var input: Tensor
+        var packing: LlamaGraph.Packing
+        var rows: [Int]
+        var targets: [Int]
+        var questions: Int
+    }
+
+    /// The images of `step`: position `step * imagesPerStep + b` of the epoch's seeded permutation.
+    func makeBatch(step: Int) -> Batch {
+        let n = trainImageIDs.count
+        var ids: [Int] = []
+        for b in 0..<options.imagesPerStep {
+            let i = step * options.imagesPerStep + b
+            ids.append(trainImageIDs[permutation(epoch: i / n, count: n)[i % n]])
+        }
+        var rng = SeededRandom(seed: options.seed &* 1_000_003 &+ UInt64(step))
+        let pixels = Tensor(uninitializedShape: [ids.count, 3, train.images.side, train.images.side])
+        let plane = 3 * train.images.side * train.images.side
+        for (b, id) in ids.enumerated() {
+            train.images.writeCHW(row: train.images.row(of: id)!, into: pixels.data + b * plane,
+                                  normalization: frontEnd.encoder.config.normalization)
+        }
+        let imageTokens = frontEnd(pixels)   // [B, tokens, hidden]
+        let perImage = frontEnd.tokensPerImage
+        var pieces: [Tensor] = [], groups: [LlamaGraph.Packing.Group] = []
+        var rows: [Int] = [], targets: [Int] = []
+        var offset = 0, questions = 0
+        for (b, id) in ids.enumerated() {
+            var qs = trainByImage[id]!
+            rng.shuffle(&qs)
+            qs = Array(qs.prefix(options.questionsPerImage))
+            let image = imageTokens.slice(axis: 0, b..<(b + 1)).reshaped([perImage, graph.config.hiddenSize])
+            pieces += [prefixText, image, closeText]
+            let prefix = prefixText.shape[0] + perImage + closeText.shape[0]
+            offset += prefix
+            var suffixes: [Int] = []
+            for q in qs {
+                let (ids, answerTargets) = suffixTokens(question: q)
+                pieces.append(graph.embed(ids))
+                // The last prompt row predicts the first answer token; each answer row predicts the next.
+                let firstTarget = ids.count - answerTargets.count
+                for (k, t) in answerTargets.enumerated() {
+                    rows.append(offset + firstTarget + k)
+                    targets.append(t)
+                }
+                suffixes.append(ids.count)
+                offset += ids.count
+            }
+            groups.append(.init(prefix: prefix, suffixes: suffixes))
+            questions += qs.count
+        }
+        return Batch(input: Tensor.concat(pieces, axis: 0), packing: .init(groups: groups), rows: rows, targets: targets,
+                     questions: questions)
+    }
+
+    /// Suffix ids (question, assistant prompt, answer tokens but the last) and the targets of its final rows:
+    /// the answer tokens followed by end-of-turn.
+    func suffixTokens(question q: EasyVQA.Question) -> (ids: [Int], targets: [Int]) {
+        let promptIDs = prompt.suffix(question: q.text, tokenizer: tokenizer)
+        let answer = prompt.answer(q.answer, tokenizer: tokenizer)
+        let targets = answer + (prompt.endOfTurn.map { [$0] } ?? [])
+        // Input rows: the prompt, then every answer token (each predicts the next target).
+        let ids = promptIDs + answer
+        // Targets sit on the last prompt row and every answer row: targets.count rows ending at ids.count - 1.
+        return (ids, targets)
+    }
+
+    private func permutation(epoch: Int, count: Int) -> [Int] {
+        var order = Array(0..<count)
+        var rng = SeededRandom(seed: options.seed &+ 0xE90C &* UInt64(epoch + 1))
+        rng.shuffle(&order)
+        return order
+    }
+
+    // MARK: Evaluation and logs
+
+    /// Fraction of `limit` held-out test questions (a fixed seeded subset) whose greedy first answer token is right.
+    public func evaluateFirstToken(limit: Int) -> Double {
+        var qs = test.questions.filter { test.images.row(of: $0.imageID) != nil }
+        var rng = SeededRandom(seed: 12345)
+        rng.shuffle(&qs)
+        qs = Array(qs.prefix(limit))
+        let byImage = Dictionary(grouping: qs, by: \.imageID).sorted { $0.key < $1.key }
+        var correct = 0, total = 0
+        Tensor.withNoGrad {
+            for chunk in stride(from: 0, to: byImage.count, by: 16) {
+                let part = byImage[chunk..<min(chunk + 16, byImage.count)]
+                let pixels = Tensor(uninitializedShape: [part.count, 3, test.images.side, test.images.side])
+                let plane = 3 * test.images.side * test.images.side
+                for (b, entry) in part.enumerated() {
+                    test.images.writeCHW(row: test.images.row(of: entry.key)!, into: pixels.data + b * plane,
+                                         normalization: frontEnd.encoder.config.normalization)
+                }
+                let tokens = frontEnd(pixels)
+                var pieces: [Tensor] = [], groups: [LlamaGraph.Packing.Group] = [], rows: [Int] = [], expected: [Int] = []
+                var offset = 0
+                for (b, entry) in part.enumerated() {
+                    let image = tokens.slice(axis: 0, b..<(b + 1)).reshaped([frontEnd.tokensPerImage, graph.config.hiddenSize])
+                    pieces += [prefixText, image, closeText]
+                    let prefix = prefixText.shape[0] + frontEnd.tokensPerImage + closeText.shape[0]
+                    offset += prefix
+                    var suffixes: [Int] = []
+                    for q in entry.value {
+                        let ids = prompt.suffix(question: q.text, tokenizer: tokenizer)
+                        pieces.append(graph.embed(ids))
+                        offset += ids.count
+                        rows.append(offset - 1)
+                        expected.append(prompt.answer(q.answer, tokenizer: tokenizer)[0])
+                        suffixes.append(ids.count)
+                    }
+                    groups.append(.init(prefix: prefix, suffixes: suffixes))
+                }
+                let logits = graph.logits(input: Tensor.concat(pieces, axis: 0), packing: .init(groups: groups), logitRows: rows)
+                let vocab = graph.config.vocabularySize
+                for (r, want) in expected.enumerated() {
+                    let row = logits.data + r * vocab
+                    var best = 0
+                    for j in 1..<vocab where row[j] > row[best] { best = j }
+                    if best == want { correct += 1 }
+                    total += 1
+                }
+            }
+        }
+        return total > 0 ? Double(correct) / Double(total) : 0
+    }
+
+    /// Drops metric lines of steps after the checkpoint, which the resumed run repeats.
+    private func truncateMetrics(after step: Int) throws {
+        guard let text = try? String(contentsOfFile: metricsPath, encoding: .utf8) else { return }
+        let kept = text.split(separator: "\n").filter { line in
+            guard let r = try? JSONDecoder().decode(StepReport.self, from: Data(line.utf8)) else { return false }
+            return r.step <= step
+        }
+        try AtomicFile.write(kept.map { $0 + "\n" }.joined(), to: metricsPath)
+    }
+
+    private func appendMetrics(_ report: StepReport) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        var line = try encoder.encode(report)
+        line.append(0x0A)
+        if !FileManager.default.fileExists(atPath: metricsPath) {
+            FileManager.default.createFile(atPath: metricsPath, contents: nil)
+        }
+        guard let handle = FileHandle(forWritingAtPath: metricsPath) else {
+            throw KVCError.file(metricsPath, "cannot open for appending")
+        }
+        defer { try? handle.close() }
+        handle.seekToEndOfFile()
+        handle.write(line)
+    }
+}

@@ -1,0 +1,108 @@
+import Foundation
+import KVCBackbone
+import KVCCore
+import KVCGGUF
+import KVCTensor
+import KVCTokenizer
+
+/// A `kind: front-end` recipe: stage 1 (encoder as a shape/colour classifier) unless its checkpoint exists, then
+/// stage 2 (projector alignment through the frozen decoder), then the front end copied to `output`.
+/// See recipes/frontend-easyvqa.yaml for every key.
+public struct FrontEndRecipe {
+    public var file: String
+    public var seed: UInt64
+    public var model: String
+    public var runDirectory: String
+    public var output: String
+    public var encoderCheckpoint: String
+    public var pretraining: ShapeColourPretraining.Options
+    public var projectorHidden: Int
+    public var alignment: FrontEndAlignment.Options
+
+    public init(_ recipe: RecipeSection) throws {
+        file = recipe.file
+        _ = try recipe.string("kind", allowed: ["front-end"])
+        seed = UInt64(try recipe.int("seed", default: 1, range: 0...Int(Int32.max)))
+        model = try recipe.string("model", default: Assets.smolLM2GGUF)
+        runDirectory = try recipe.string("run_dir")
+        output = try recipe.string("output")
+        let enc = try recipe.section("encoder")
+        encoderCheckpoint = try enc?.string("checkpoint", default: runDirectory + "/encoder-stage1.safetensors")
+            ?? runDirectory + "/encoder-stage1.safetensors"
+        pretraining = ShapeColourPretraining.Options()
+        pretraining.seed = seed
+        if let e = enc {
+            pretraining.epochs = try e.int("epochs", default: pretraining.epochs, range: 1...1000)
+            pretraining.batchSize = try e.int("batch_size", default: pretraining.batchSize, range: 1...4096)
+            pretraining.learningRate = Float(try e.double("learning_rate", default: Double(pretraining.learningRate), range: 1e-7...1))
+            pretraining.weightDecay = Float(try e.double("weight_decay", default: Double(pretraining.weightDecay), range: 0...1))
+            pretraining.warmupSteps = try e.int("warmup_steps", default: pretraining.warmupSteps, range: 0...1_000_000)
+            pretraining.augment = try e.bool("augment", default: pretraining.augment)
+            try e.finish()
+        }
+        let proj = try recipe.section("projector")
+        projectorHidden = try proj?.int("hidden", default: 576, range: 1...16384) ?? 576
+        try proj?.finish()
+        alignment = FrontEndAlignment.Options()
+        alignment.seed = seed
+        if let a = try recipe.section("alignment") {
+            alignment.steps = try a.int("steps", default: alignment.steps, range: 1...10_000_000)
+            alignment.imagesPerStep = try a.int("images_per_step", default: alignment.imagesPerStep, range: 1...1024)
+            alignment.questionsPerImage = try a.int("questions_per_image", default: alignment.questionsPerImage, range: 1...64)
+            alignment.learningRate = Float(try a.double("learning_rate", default: Double(alignment.learningRate), range: 1e-8...1))
+            alignment.minLearningRate = Float(try a.double("min_learning_rate", default: Double(alignment.minLearningRate), range: 0...1))
+            alignment.warmupSteps = try a.int("warmup_steps", default: alignment.warmupSteps, range: 0...1_000_000)
+            alignment.weightDecay = Float(try a.double("weight_decay", default: Double(alignment.weightDecay), range: 0...1))
+            alignment.clipNorm = Float(try a.double("clip_norm", default: Double(alignment.clipNorm), range: 1e-6...1e6))
+            alignment.encoderLearningRateScale = Float(try a.double("encoder_lr_scale", default: 0, range: 0...10))
+            alignment.evalEvery = try a.int("eval_every", default: alignment.evalEvery, range: 1...1_000_000)
+            alignment.evalQuestions = try a.int("eval_questions", default: alignment.evalQuestions, range: 1...100_000)
+            alignment.checkpointEvery = try a.int("checkpoint_every", default: alignment.checkpointEvery, range: 1...1_000_000)
+            try a.finish()
+        }
+        try recipe.finish()
+    }
+
+    /// Runs both stages (each resumable), then writes the aligned front end to `output` (atomically).
+    public func run(log: (String) -> Void = { print($0) }) throws {
+        try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
+        if !FileManager.default.fileExists(atPath: encoderCheckpoint) {
+            log("stage 1: pretraining the encoder as a shape/colour classifier -> \(encoderCheckpoint)")
+            _ = try ShapeColourPretraining.run(output: encoderCheckpoint, metricsPath: runDirectory + "/stage1-metrics.jsonl",
+                                               options: pretraining)
+        } else {
+            log("stage 1: using \(encoderCheckpoint)")
+        }
+        let encoder = try VisionEncoder.load(from: encoderCheckpoint)
+        let file = try GGUFFile(path: Assets.require(model))
+        let fingerprint = try Checksum.xxh128(file: model)
+        let graph = try LlamaGraph(file: file)
+        let tokenizer = try BPETokenizer.fromGGUF(file)
+        let dataset = try EasyVQA()
+        let train = try dataset.load(.train), test = try dataset.load(.test)
+        var rng = SeededRandom(seed: seed &+ 2)
+        let projector = Projector(inputDim: encoder.config.tokenDim, hiddenDim: projectorHidden,
+                                  outputDim: graph.config.hiddenSize, rng: &rng)
+        let frontEnd = FrontEnd(encoder: encoder, projector: projector, backboneFingerprint: fingerprint)
+        // Start projected tokens at the mean norm of the decoder's token embeddings.
+        let sample = Tensor.withNoGrad { encoder(encoder.pixelTensor((0..<16).map { train.images.image(row: $0) })).tokens }
+        projector.calibrate(on: sample, targetNorm: meanRowNorm(graph.tokenEmbedding))
+        log(String(format: "stage 2: aligning the projector through the frozen decoder (output scale %.3f)", projector.outputScale))
+        let trainer = FrontEndAlignment(graph: graph, tokenizer: tokenizer, frontEnd: frontEnd, train: train, test: test,
+                                        options: alignment, runDirectory: runDirectory)
+        try trainer.run(log: log)
+        try frontEnd.save(to: output)
+        log("front end written to \(output)")
+    }
+}
+
+private func meanRowNorm(_ m: Tensor) -> Float {
+    let cols = m.shape[m.rank - 1], rows = m.count / cols
+    var total: Double = 0
+    for r in 0..<rows {
+        var s: Float = 0
+        for j in 0..<cols { s += m.data[r * cols + j] * m.data[r * cols + j] }
+        total += Double(s.squareRoot())
+    }
+    return Float(total / Double(max(rows, 1)))
+}
