@@ -25,6 +25,13 @@ public struct VisionEncoderConfig: Codable, Equatable, Sendable {
     public static let easyVQA = VisionEncoderConfig()
 
     public static let kernel = 3
+
+    /// Canonical JSON (sorted keys), so the same config always writes the same checkpoint bytes.
+    public func json() throws -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return String(decoding: try encoder.encode(self), as: UTF8.self)
+    }
     public var tokenDim: Int { channels.last ?? 0 }
     public var gridSide: Int { imageSide / strides.reduce(1, *) }
     public var tokenCount: Int { gridSide * gridSide }
@@ -151,8 +158,7 @@ public final class VisionEncoder: Module {
 
     /// Saves weights and config (metadata `kind`, `config`) as safetensors, atomically.
     public func save(to path: String, metadata extra: [String: String] = [:]) throws {
-        let json = String(decoding: try JSONEncoder().encode(config), as: UTF8.self)
-        try save(to: path, dtype: .f32, metadata: extra.merging(["kind": Self.checkpointKind, "config": json]) { $1 })
+        try save(to: path, dtype: .f32, metadata: extra.merging(["kind": Self.checkpointKind, "config": try config.json()]) { $1 })
     }
 
     /// Rebuilds an encoder from a checkpoint written by `save`, refusing files of another kind or with
@@ -171,8 +177,7 @@ public final class VisionEncoder: Module {
         }
         try config.validate(source: path)
         if let expecting, expecting != config {
-            throw KVCError.file(path, "encoder config \(json) does not match the expected "
-                                + String(decoding: try JSONEncoder().encode(expecting), as: UTF8.self))
+            throw KVCError.file(path, "encoder config \(json) does not match the expected \(try expecting.json())")
         }
         var rng = SeededRandom(seed: 0)
         let encoder = try VisionEncoder(config: config, rng: &rng)

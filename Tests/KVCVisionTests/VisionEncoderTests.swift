@@ -49,6 +49,10 @@ final class VisionEncoderTests: XCTestCase {
         let a = Tensor.withNoGrad { encoder.encode([image]).tokens.scalars }
         let b = Tensor.withNoGrad { reloaded.encode([image]).tokens.scalars }
         XCTAssertEqual(a, b)
+        // Saving is deterministic: same weights and config, same bytes (the config JSON has sorted keys).
+        try reloaded.save(to: dir + "/again.safetensors", metadata: ["note": "test"])
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: path)),
+                       try Data(contentsOf: URL(fileURLWithPath: dir + "/again.safetensors")))
 
         // Another grid is refused with the reason; so is a file that is not an encoder checkpoint.
         var small = VisionEncoderConfig.easyVQA
