@@ -27,6 +27,7 @@ let package = Package(
         .executable(name: "kvc-run", targets: ["kvc-run"]),
         .executable(name: "kvc-bench", targets: ["kvc-bench"]),
         .executable(name: "kvc-train", targets: ["kvc-train"]),
+        .executable(name: "kvc-eval", targets: ["kvc-eval"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -51,7 +52,7 @@ let package = Package(
         .target(name: "KVCBackbone", dependencies: ["KVCCore", "KVCTensor", "KVCGGUF", "KVCTokenizer"],
                 swiftSettings: swiftSettings),
         // Images, easy-VQA, the vision front end and the VLM that joins it to the decoder.
-        .target(name: "KVCVision", dependencies: ["KVCCore", "KVCTensor", "KVCTokenizer", "KVCBackbone", "CPNG"],
+        .target(name: "KVCVision", dependencies: ["KVCCore", "KVCTensor", "KVCTokenizer", "KVCBackbone", "KVCCollect", "CPNG"],
                 swiftSettings: swiftSettings),
 
         // Collected KV caches: the shard format, its manifest, and the reader the trainer streams from.
@@ -69,6 +70,9 @@ let package = Package(
         .executableTarget(name: "kvc-train", dependencies: [
             "KVCVision", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "Sources/Tools/kvc-train", swiftSettings: swiftSettings),
+        .executableTarget(name: "kvc-eval", dependencies: [
+            "KVCVision", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], path: "Sources/Tools/kvc-eval", swiftSettings: swiftSettings),
         .executableTarget(name: "kvc-bench", dependencies: [
             "KVCTensor", "KVCBackbone", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "Sources/Tools/kvc-bench", swiftSettings: swiftSettings),

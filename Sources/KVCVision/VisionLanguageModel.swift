@@ -1,0 +1,196 @@
+import Dispatch
+import KVCBackbone
+import KVCCollect
+import KVCCore
+import KVCTokenizer
+
+/// The VLM as a user meets it: the frozen decoder, the trained front end and the prompt format they were aligned
+/// with. Answers questions about images greedily over any `KVCache`.
+///
+/// A prompt splits into a *prefix* (the user turn up to the last `</image>\n`, holding every image token) and a
+/// *suffix* (question and assistant prompt). The prefix does not depend on the question, so `prefill(images:)` runs
+/// it once and `answer(question:after:)` continues from it for each question, trimming the cache back in between.
+/// That is also where a compressing cache acts: the `afterPrefill` hook sees the cache holding exactly the prefix,
+/// with the grid and positions of every image's tokens (what `CapsuleCache.compress(grids:visionPositions:)` takes).
+public final class VisionLanguageModel {
+    public let backbone: Backbone
+    public let frontEnd: FrontEnd
+    public let prompt: VisionPrompt
+    /// Most tokens generated per answer; easy-VQA answers are one word of one to three tokens.
+    public var maxAnswerTokens = 8
+
+    public init(backbone: Backbone, frontEnd: FrontEnd) throws {
+        guard frontEnd.projector.second.outFeatures == backbone.model.config.hiddenSize else {
+            throw KVCError("the front end projects to \(frontEnd.projector.second.outFeatures)-d tokens but the decoder's "
+                           + "hidden size is \(backbone.model.config.hiddenSize)")
+        }
+        self.backbone = backbone
+        self.frontEnd = frontEnd
+        prompt = VisionPrompt(tokenizer: backbone.tokenizer)
+    }
+
+    /// Loads the decoder from `modelPath` and the front end from `frontEndPath`, refusing a front end aligned to
+    /// another decoder file.
+    public static func load(modelPath: String = Assets.smolLM2GGUF, frontEndPath: String) throws -> VisionLanguageModel {
+        let backbone = try Backbone(path: modelPath)
+        let fingerprint = try Checksum.xxh128(file: backbone.path)
+        return try VisionLanguageModel(backbone: backbone,
+                                       frontEnd: FrontEnd.load(from: Assets.require(frontEndPath), expectingBackbone: fingerprint))
+    }
+
+    // MARK: Prompts
+
+    /// The image part of a prompt and where its image tokens sit.
+    public struct Prefix {
+        public let pieces: [PromptPiece]
+        /// Positions the prefix occupies (the cache length after prefilling it).
+        public let length: Int
+        /// One grid per image; `start` is the position of its first (top-left) token, tokens run row-major.
+        public let grids: [ImageGrid]
+        /// Positions of every image token, ascending.
+        public var visionPositions: [Int32] {
+            grids.flatMap { g in (g.start..<g.start + g.count).map { Int32($0) } }
+        }
+    }
+
+    /// The prefix for image tokens `imageEmbeddings` (each `[tokensPerImage * hidden]`), built by `VisionPrompt`
+    /// exactly as in training. No embeddings gives the blind prompt: the user turn without any image block.
+    public func prefix(imageEmbeddings: [[Float]]) -> Prefix {
+        // VisionPrompt builds whole prompts; its pieces before the question are the prefix.
+        let (all, starts) = prompt.pieces(imageEmbeddings: imageEmbeddings, tokensPerImage: frontEnd.tokensPerImage,
+                                          question: "", tokenizer: backbone.tokenizer)
+        let pieces = Array(all.dropLast())
+        let side = frontEnd.gridSide
+        return Prefix(pieces: pieces, length: pieces.reduce(0) { $0 + $1.count },
+                      grids: starts.map { ImageGrid(start: $0, rows: side, cols: side) })
+    }
+
+    /// Token ids after the prefix for `question`.
+    public func suffix(question: String) -> [Int] { prompt.suffix(question: question, tokenizer: backbone.tokenizer) }
+
+    // MARK: Answers
+
+    public struct Timing: Sendable, Equatable {
+        public var frontEndSeconds = 0.0
+        public var prefillSeconds = 0.0
+        public var decodeSeconds = 0.0
+        public var totalSeconds: Double { frontEndSeconds + prefillSeconds + decodeSeconds }
+        public init() {}
+    }
+
+    public struct Answer: Sendable, Equatable {
+        /// The first word of the generation, lowercased, without punctuation (see `AnswerText.firstWord`).
+        public var text: String
+        /// Generated token ids (generation stops once the first word is complete).
+        public var tokens: [Int]
+        /// The generated text as decoded.
+        public var generation: String
+        public var timing: Timing
+    }
+
+    /// A cache holding a prefilled prefix, ready for any number of questions about the same images.
+    public final class PrefilledPrefix {
+        public let prefix: Prefix
+        public let cache: KVCache
+        public let timing: Timing
+        init(prefix: Prefix, cache: KVCache, timing: Timing) {
+            self.prefix = prefix
+            self.cache = cache
+            self.timing = timing
+        }
+    }
+
+    /// Runs the front end over `images` and prefills their prefix into `cache` (default: a fresh float16
+    /// `PlainKVCache`; it must be empty), then calls `afterPrefill` (for example to compress the vision span).
+    /// `blind` leaves the images out of the prompt (the blind baseline: same decoder, no image tokens).
+    public func prefill(images: [Image], blind: Bool = false, cache: KVCache? = nil,
+                        afterPrefill: ((KVCache, Prefix) throws -> Void)? = nil) throws -> PrefilledPrefix {
+        let cache = cache ?? backbone.model.makeCache()
+        guard cache.length == 0 else { throw KVCError("prefill needs an empty cache; this one holds \(cache.length) positions") }
+        var timing = Timing()
+        let t0 = DispatchTime.now()
+        let embeddings = blind ? [] : (images.isEmpty ? [] : frontEnd.embed(images))
+        let t1 = DispatchTime.now()
+        let built = prefix(imageEmbeddings: embeddings)
+        _ = try backbone.model.forward(built.pieces, cache: cache, logits: .none)
+        try afterPrefill?(cache, built)
+        let t2 = DispatchTime.now()
+        timing.frontEndSeconds = elapsed(t0, t1)
+        timing.prefillSeconds = elapsed(t1, t2)
+        return PrefilledPrefix(prefix: built, cache: cache, timing: timing)
+    }
+
+    /// Answers `question` from a prefilled prefix: trims the cache back to the prefix (dropping an earlier
+    /// question), then generates greedily. The timing counts this question only.
+    public func answer(question: String, after prefilled: PrefilledPrefix) throws -> Answer {
+        prefilled.cache.trim(to: prefilled.prefix.length)
+        return try generateAnswer(prompt: [.tokens(suffix(question: question))], cache: prefilled.cache)
+    }
+
+    /// Answers one question about `images` with `cache` (default: a fresh float16 `PlainKVCache`).
+    ///
+    /// Without a hook the whole prompt is prefilled in one forward call (the plain way, and the reference that the
+    /// shared-prefix path is tested against). With `afterPrefill`, the image prefix is prefilled first, the hook
+    /// acts on the cache, and the question follows.
+    public func answer(images: [Image], question: String, blind: Bool = false, cache: KVCache? = nil,
+                       afterPrefill: ((KVCache, Prefix) throws -> Void)? = nil) throws -> Answer {
+        if let afterPrefill {
+            let prefilled = try prefill(images: images, blind: blind, cache: cache, afterPrefill: afterPrefill)
+            var result = try answer(question: question, after: prefilled)
+            result.timing.frontEndSeconds += prefilled.timing.frontEndSeconds
+            result.timing.prefillSeconds += prefilled.timing.prefillSeconds
+            return result
+        }
+        let cache = cache ?? backbone.model.makeCache()
+        guard cache.length == 0 else { throw KVCError("answer needs an empty cache; this one holds \(cache.length) positions") }
+        let t0 = DispatchTime.now()
+        let embeddings = blind ? [] : (images.isEmpty ? [] : frontEnd.embed(images))
+        let frontEndSeconds = elapsed(t0, DispatchTime.now())
+        let pieces = prefix(imageEmbeddings: embeddings).pieces + [.tokens(suffix(question: question))]
+        var result = try generateAnswer(prompt: pieces, cache: cache)
+        result.timing.frontEndSeconds = frontEndSeconds
+        return result
+    }
+
+    /// Greedy generation that stops as soon as the first word is complete (or at end of turn, or the token cap).
+    private func generateAnswer(prompt pieces: [PromptPiece], cache: KVCache) throws -> Answer {
+        var text = ""
+        let result = try backbone.generate(prompt: pieces, parameters: .greedy(maxTokens: maxAnswerTokens), cache: cache) { _, piece in
+            text += piece
+            return !AnswerText.hasCompleteFirstWord(text)
+        }
+        var timing = Timing()
+        timing.prefillSeconds = result.prefillSeconds
+        timing.decodeSeconds = result.decodeSeconds
+        return Answer(text: AnswerText.firstWord(result.text), tokens: result.tokens, generation: result.text, timing: timing)
+    }
+}
+
+/// How a generation becomes an answer: its first word, lowercased, without punctuation.
+public enum AnswerText {
+    /// The first whitespace-separated word that has a letter or digit, lowercased, with punctuation and symbols
+    /// removed ("Yes, it is." -> "yes", "  Circle." -> "circle", "... no" -> "no"). Empty when there is none.
+    public static func firstWord(_ text: String) -> String {
+        for word in text.split(whereSeparator: { $0.isWhitespace }) {
+            let kept = String(word.unicodeScalars.filter(isWordScalar).map(Character.init)).lowercased()
+            if !kept.isEmpty { return kept }
+        }
+        return ""
+    }
+
+    /// True once more text cannot change `firstWord(text)`: a word with a letter or digit is followed by whitespace.
+    public static func hasCompleteFirstWord(_ text: String) -> Bool {
+        guard let last = text.last else { return false }
+        var words = text.split(whereSeparator: { $0.isWhitespace })
+        if !last.isWhitespace && !words.isEmpty { words.removeLast() }   // may still be growing
+        return words.contains { $0.unicodeScalars.contains(where: isWordScalar) }
+    }
+
+    private static func isWordScalar(_ s: Unicode.Scalar) -> Bool {
+        s.properties.isAlphabetic || s.properties.numericType != nil
+    }
+}
+
+fileprivate func elapsed(_ a: DispatchTime, _ b: DispatchTime) -> Double {
+    Double(b.uptimeNanoseconds - a.uptimeNanoseconds) / 1e9
+}

@@ -1,0 +1,2 @@
+// Placeholder while the evaluation command is written.
+print("kvc-eval: not implemented yet")
