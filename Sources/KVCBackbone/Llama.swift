@@ -106,6 +106,11 @@ public final class LlamaModel: @unchecked Sendable {
 
     // MARK: Forward
 
+    /// Sees each layer's post-RoPE queries during a forward call, to collect them (for example the text queries the
+    /// capsule's attention-geometry loss needs). Arguments: layer index, queries row-major `[count][heads * headDim]`
+    /// (valid only during the call), count, sequence position of the first row. Without an observer nothing is done.
+    public typealias QueryObserver = (_ layer: Int, _ queries: UnsafePointer<Float>, _ count: Int, _ firstPosition: Int) -> Void
+
     /// Which positions of a forward call produce logits.
     public enum LogitRows: Sendable, Equatable {
         case none, last, all
@@ -116,7 +121,8 @@ public final class LlamaModel: @unchecked Sendable {
     /// Runs the decoder over `count` new positions (embeddings `[count][hiddenSize]`) after what `cache` holds,
     /// appending their keys and values to it. Returns logits, row-major `[rows][vocabularySize]`.
     /// - Throws: `KVCError` when the sequence would exceed the model's context length.
-    public func forward(embeddings: UnsafePointer<Float>, count: Int, cache: KVCache, logits: LogitRows = .last) throws -> [Float] {
+    public func forward(embeddings: UnsafePointer<Float>, count: Int, cache: KVCache, logits: LogitRows = .last,
+                        observeQueries: QueryObserver? = nil) throws -> [Float] {
         precondition(cache.layerCount == config.layerCount && cache.kvHeadCount == config.kvHeadCount
                      && cache.headDim == config.headDim, "LlamaModel.forward: the cache is shaped for another model")
         let start = cache.length
@@ -127,6 +133,7 @@ public final class LlamaModel: @unchecked Sendable {
         guard count > 0 else { return [] }
         let work = Workspace(config: config, count: count)
         work.x.update(from: embeddings, count: count * config.hiddenSize)
+        work.queryObserver = observeQueries
         for position in 0..<count {
             rope.fillTable(position: start + position, into: work.ropeTables + position * config.headDim)
         }
@@ -136,10 +143,12 @@ public final class LlamaModel: @unchecked Sendable {
         return outputLogits(work, rows: logits)
     }
 
-    public func forward(embeddings: [Float], cache: KVCache, logits: LogitRows = .last) throws -> [Float] {
+    public func forward(embeddings: [Float], cache: KVCache, logits: LogitRows = .last,
+                        observeQueries: QueryObserver? = nil) throws -> [Float] {
         precondition(embeddings.count % config.hiddenSize == 0, "forward: embeddings are not rows of \(config.hiddenSize)")
         return try embeddings.withUnsafeBufferPointer {
-            try forward(embeddings: $0.baseAddress!, count: embeddings.count / config.hiddenSize, cache: cache, logits: logits)
+            try forward(embeddings: $0.baseAddress!, count: embeddings.count / config.hiddenSize, cache: cache, logits: logits,
+                        observeQueries: observeQueries)
         }
     }
 
@@ -147,8 +156,9 @@ public final class LlamaModel: @unchecked Sendable {
         try forward(embeddings: embed(tokens: tokens), cache: cache, logits: logits)
     }
 
-    public func forward(_ prompt: [PromptPiece], cache: KVCache, logits: LogitRows = .last) throws -> [Float] {
-        try forward(embeddings: embed(prompt).embeddings, cache: cache, logits: logits)
+    public func forward(_ prompt: [PromptPiece], cache: KVCache, logits: LogitRows = .last,
+                        observeQueries: QueryObserver? = nil) throws -> [Float] {
+        try forward(embeddings: embed(prompt).embeddings, cache: cache, logits: logits, observeQueries: observeQueries)
     }
 
     private func outputLogits(_ work: Workspace, rows: LogitRows) -> [Float] {
@@ -200,6 +210,7 @@ private final class Workspace {
     let gateUp: UnsafeMutablePointer<Float>     // [T][gate | up]
     let activated: UnsafeMutablePointer<Float>  // [T][intermediate]
     let ropeTables: UnsafeMutablePointer<Float> // [T][headDim] interleaved cos/sin
+    var queryObserver: LlamaModel.QueryObserver?
     private let all: [UnsafeMutablePointer<Float>]
 
     init(config c: LlamaConfig, count t: Int) {
@@ -263,6 +274,7 @@ private final class Attention {
                 (work.values + (h * t + i) * d).update(from: row + c.queryDim + c.kvDim + h * d, count: d)
             }
         }
+        work.queryObserver?(layerIndex, work.queries, t, firstPosition)
         cache.append(layer: layerIndex, keys: work.keys, values: work.values, count: t)
         cache.withLayer(layerIndex) { view in
             AttentionKernel.run(queries: work.queries, count: t, firstPosition: firstPosition, view: view,
