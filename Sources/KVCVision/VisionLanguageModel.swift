@@ -1,4 +1,5 @@
 import Dispatch
+import Foundation
 import KVCBackbone
 import KVCCollect
 import KVCCore
@@ -32,10 +33,14 @@ public final class VisionLanguageModel {
     /// Loads the decoder from `modelPath` and the front end from `frontEndPath`, refusing a front end aligned to
     /// another decoder file.
     public static func load(modelPath: String = Assets.smolLM2GGUF, frontEndPath: String) throws -> VisionLanguageModel {
+        guard FileManager.default.fileExists(atPath: frontEndPath) else {
+            throw KVCError.file(frontEndPath, "front-end checkpoint not found; train one with kvc-train (recipes/"
+                                + "frontend-easyvqa.yaml) or pass the path of one")
+        }
         let backbone = try Backbone(path: modelPath)
         let fingerprint = try Checksum.xxh128(file: backbone.path)
         return try VisionLanguageModel(backbone: backbone,
-                                       frontEnd: FrontEnd.load(from: Assets.require(frontEndPath), expectingBackbone: fingerprint))
+                                       frontEnd: FrontEnd.load(from: frontEndPath, expectingBackbone: fingerprint))
     }
 
     // MARK: Prompts
@@ -92,7 +97,7 @@ public final class VisionLanguageModel {
     public final class PrefilledPrefix {
         public let prefix: Prefix
         public let cache: KVCache
-        public let timing: Timing
+        public internal(set) var timing: Timing
         init(prefix: Prefix, cache: KVCache, timing: Timing) {
             self.prefix = prefix
             self.cache = cache
@@ -105,18 +110,26 @@ public final class VisionLanguageModel {
     /// `blind` leaves the images out of the prompt (the blind baseline: same decoder, no image tokens).
     public func prefill(images: [Image], blind: Bool = false, cache: KVCache? = nil,
                         afterPrefill: ((KVCache, Prefix) throws -> Void)? = nil) throws -> PrefilledPrefix {
+        let t0 = DispatchTime.now()
+        let embeddings = blind || images.isEmpty ? [] : frontEnd.embed(images)
+        let frontEndSeconds = elapsed(t0, DispatchTime.now())
+        let prefilled = try prefill(imageEmbeddings: embeddings, cache: cache, afterPrefill: afterPrefill)
+        prefilled.timing.frontEndSeconds = frontEndSeconds
+        return prefilled
+    }
+
+    /// `prefill(images:)` for image tokens the front end already produced (each `[tokensPerImage * hidden]`;
+    /// none for the blind prompt), so callers can batch the front end over many images.
+    public func prefill(imageEmbeddings: [[Float]], cache: KVCache? = nil,
+                        afterPrefill: ((KVCache, Prefix) throws -> Void)? = nil) throws -> PrefilledPrefix {
         let cache = cache ?? backbone.model.makeCache()
         guard cache.length == 0 else { throw KVCError("prefill needs an empty cache; this one holds \(cache.length) positions") }
-        var timing = Timing()
         let t0 = DispatchTime.now()
-        let embeddings = blind ? [] : (images.isEmpty ? [] : frontEnd.embed(images))
-        let t1 = DispatchTime.now()
-        let built = prefix(imageEmbeddings: embeddings)
+        let built = prefix(imageEmbeddings: imageEmbeddings)
         _ = try backbone.model.forward(built.pieces, cache: cache, logits: .none)
         try afterPrefill?(cache, built)
-        let t2 = DispatchTime.now()
-        timing.frontEndSeconds = elapsed(t0, t1)
-        timing.prefillSeconds = elapsed(t1, t2)
+        var timing = Timing()
+        timing.prefillSeconds = elapsed(t0, DispatchTime.now())
         return PrefilledPrefix(prefix: built, cache: cache, timing: timing)
     }
 
@@ -144,7 +157,7 @@ public final class VisionLanguageModel {
         let cache = cache ?? backbone.model.makeCache()
         guard cache.length == 0 else { throw KVCError("answer needs an empty cache; this one holds \(cache.length) positions") }
         let t0 = DispatchTime.now()
-        let embeddings = blind ? [] : (images.isEmpty ? [] : frontEnd.embed(images))
+        let embeddings = blind || images.isEmpty ? [] : frontEnd.embed(images)
         let frontEndSeconds = elapsed(t0, DispatchTime.now())
         let pieces = prefix(imageEmbeddings: embeddings).pieces + [.tokens(suffix(question: question))]
         var result = try generateAnswer(prompt: pieces, cache: cache)

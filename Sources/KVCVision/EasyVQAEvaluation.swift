@@ -1,0 +1,121 @@
+import Dispatch
+import Foundation
+import KVCBackbone
+import KVCCore
+
+/// Greedy question answering over an easy-VQA split, the way `kvc-eval` reports it.
+///
+/// Questions are taken in file order (the first `limit` usable ones). Each image's prefix is prefilled once into a
+/// fresh cache from `makeCache`; its questions then continue from that prefix, the cache being trimmed back to it
+/// between questions (`VisionLanguageModel.answer(question:after:)`). Entries the dataset loader could not use are
+/// counted and listed, never fatal.
+public struct EasyVQAEvaluation {
+    public struct Options {
+        /// Evaluate at most this many questions (nil: all).
+        public var limit: Int?
+        /// Leave the image tokens out of every prompt (the blind baseline).
+        public var blind = false
+        /// Name of the cache in the summary.
+        public var cacheName = "full"
+        /// Write progress with an ETA to stderr.
+        public var progress = false
+        /// Images run through the front end together.
+        public var frontEndBatch = 16
+        public init() {}
+    }
+
+    /// One answered question (one JSON line of `--answers`).
+    public struct Record: Codable, Equatable, Sendable {
+        /// Image path relative to the dataset root, e.g. `test/images/12.png`.
+        public var image: String
+        public var question: String
+        public var expected: String
+        public var answer: String
+        public var correct: Bool { answer == expected }
+    }
+
+    public struct Summary: Codable, Equatable, Sendable {
+        public var task = "easy-vqa"
+        public var split: String
+        public var n: Int
+        public var accuracy: Double
+        public var cache: String
+        public var blind: Bool
+        public var questions_per_second: Double
+        public var seconds: Double
+        /// Mean bytes the cache held at the end of a question (prefix, question and answer).
+        public var kv_bytes: Int
+        /// Mean bytes a full float16 cache holds for the same positions.
+        public var kv_bytes_full: Int
+        /// Dataset entries (rows, images) that could not be used.
+        public var skipped: Int
+    }
+
+    public struct Result {
+        public var records: [Record]
+        public var summary: Summary
+        public var skipped: [SkippedEntry]
+    }
+
+    public let model: VisionLanguageModel
+    public var options: Options
+    /// A fresh cache per image (default: the model's float16 `PlainKVCache`).
+    public var makeCache: () -> KVCache
+    /// Acts on each image's cache after its prefix is prefilled (for example to compress the vision span).
+    public var afterPrefill: ((KVCache, VisionLanguageModel.Prefix) throws -> Void)?
+    /// Bytes a cache holds, for `kv_bytes` (default: a `PlainKVCache`'s stored positions, else `residentBytes`).
+    public var storedBytes: (KVCache) -> Int = { ($0 as? PlainKVCache)?.storedBytes ?? $0.residentBytes }
+
+    public init(model: VisionLanguageModel, options: Options = Options()) {
+        self.model = model
+        self.options = options
+        makeCache = { model.backbone.model.makeCache() }
+    }
+
+    /// Evaluates `split`, calling `onRecord` after each answer.
+    public func run(_ split: EasyVQASplit, onRecord: ((Record) -> Void)? = nil) throws -> Result {
+        let questions = Array(split.questions.prefix(options.limit ?? Int.max))
+        // Questions about one image are contiguous in easy-VQA, but group anyway so that each prefix is built once.
+        var order: [Int] = [], byImage: [Int: [Int]] = [:]
+        for (i, q) in questions.enumerated() {
+            if byImage[q.imageID] == nil { order.append(q.imageID) }
+            byImage[q.imageID, default: []].append(i)
+        }
+        let config = model.backbone.model.config
+        let fullBytesPerPosition = config.layerCount * config.kvHeadCount * config.headDim * 2 * 2
+        let meter = Progress("easy-VQA \(split.split.rawValue)\(options.blind ? " (blind)" : "")", total: questions.count,
+                             unit: "questions", enabled: options.progress)
+        var records = [Record?](repeating: nil, count: questions.count)
+        var correct = 0, bytes = 0, fullBytes = 0
+        let start = DispatchTime.now()
+        for chunk in stride(from: 0, to: order.count, by: max(1, options.frontEndBatch)) {
+            let ids = Array(order[chunk..<min(chunk + max(1, options.frontEndBatch), order.count)])
+            let images = ids.map { split.images.image(row: split.images.row(of: $0)!) }
+            let embeddings = options.blind ? ids.map { _ in [Float]() } : model.frontEnd.embed(images)
+            for (id, embedding) in zip(ids, embeddings) {
+                let prefilled = try model.prefill(imageEmbeddings: embedding.isEmpty ? [] : [embedding],
+                                                  cache: makeCache(), afterPrefill: afterPrefill)
+                for i in byImage[id]! {
+                    let q = questions[i]
+                    let answer = try model.answer(question: q.text, after: prefilled)
+                    let record = Record(image: "\(split.split.rawValue)/images/\(id).png", question: q.text,
+                                        expected: q.answer, answer: answer.text)
+                    records[i] = record
+                    if record.correct { correct += 1 }
+                    bytes += storedBytes(prefilled.cache)
+                    fullBytes += prefilled.cache.length * fullBytesPerPosition
+                    onRecord?(record)
+                    meter.advance(status: String(format: "accuracy %.3f", Double(correct) / Double(meter.done + 1)))
+                }
+            }
+        }
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+        let n = questions.count
+        let summary = Summary(split: split.split.rawValue, n: n, accuracy: n > 0 ? Double(correct) / Double(n) : 0,
+                              cache: options.cacheName, blind: options.blind,
+                              questions_per_second: seconds > 0 ? Double(n) / seconds : 0, seconds: seconds,
+                              kv_bytes: n > 0 ? bytes / n : 0, kv_bytes_full: n > 0 ? fullBytes / n : 0,
+                              skipped: split.skipped.count)
+        return Result(records: records.compactMap { $0 }, summary: summary, skipped: split.skipped)
+    }
+}
