@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import KVCBackbone
 import KVCCore
+import KVCVision
 
 /// Text generation and perplexity with the frozen backbone: a thin command over `Backbone` and `Perplexity`.
 struct KVCRun: ParsableCommand {
@@ -12,6 +13,7 @@ struct KVCRun: ParsableCommand {
             kvc-run --prompt "The capital of France is" --greedy
             kvc-run --prompt "What is 2+2?" --chat --max-tokens 64 --temperature 0.7 --seed 1
             kvc-run --perplexity /usr/share/common-licenses/GPL-3 --context 512 --chars 20000
+            kvc-run --image assets/easy-vqa/test/images/0.png --prompt "what is the red shape?"
             """)
 
     @Option(help: "Text to continue (with --chat: the user's message).") var prompt: String?
@@ -28,16 +30,22 @@ struct KVCRun: ParsableCommand {
     @Option(help: "Measure perplexity on this text file instead of generating.") var perplexity: String?
     @Option(help: "Perplexity window in tokens.") var context = 512
     @Option(help: "Perplexity: use the first N characters of the file (0 = all).") var chars = 20_000
+    @Option(help: "Ask --prompt about this PNG/JPEG image with the VLM (repeat for several images, in prompt order).")
+    var image: [String] = []
+    @Option(name: .customLong("front-end"), help: "VLM front-end checkpoint for --image.")
+    var frontEnd = "checkpoints/frontend-easyvqa.safetensors"
 
     func validate() throws {
         if (prompt == nil) == (perplexity == nil) { throw ValidationError("give exactly one of --prompt or --perplexity") }
         if maxTokens < 0 { throw ValidationError("--max-tokens must be >= 0") }
         if let threads, threads < 1 { throw ValidationError("--threads must be >= 1") }
         if chars < 0 { throw ValidationError("--chars must be >= 0") }
+        if !image.isEmpty && prompt == nil { throw ValidationError("--image needs --prompt (the question)") }
     }
 
     func run() throws {
         do {
+            if !image.isEmpty { return try runVision() }
             let backbone = try Backbone(path: model ?? Assets.smolLM2GGUF)
             if let threads { backbone.model.threads = threads }
             if let perplexity { try runPerplexity(backbone, file: perplexity) } else { try runGeneration(backbone) }
@@ -69,6 +77,26 @@ struct KVCRun: ParsableCommand {
                 format: "[%d prompt tokens in %.3f s, %d generated at %.1f tokens/s, stop: %@]\n",
                 result.promptTokens.count, result.prefillSeconds, result.tokens.count, decodeRate,
                 result.stopReason.rawValue).utf8))
+        }
+    }
+
+    /// Answers the question about the images with the VLM (front end + decoder, full cache).
+    private func runVision() throws {
+        let images = try image.map { try Image.load(path: $0) }   // decoding errors name the file
+        let vlm = try VisionLanguageModel.load(modelPath: model ?? Assets.smolLM2GGUF, frontEndPath: frontEnd)
+        if let threads { vlm.backbone.model.threads = threads }
+        let answer = try vlm.answer(images: images, question: prompt ?? "")
+        if json {
+            let doc: [String: Any] = ["answer": answer.text, "generation": answer.generation, "tokens": answer.tokens,
+                                      "images": image, "seconds": answer.timing.totalSeconds]
+            let data = try JSONSerialization.data(withJSONObject: doc, options: [.sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+        } else {
+            print(answer.text)
+            FileHandle.standardError.write(Data(String(
+                format: "[%d image(s), %d tokens each; front end %.3f s, prefill %.3f s, decode %.3f s; generated %@]\n",
+                images.count, vlm.frontEnd.tokensPerImage, answer.timing.frontEndSeconds, answer.timing.prefillSeconds,
+                answer.timing.decodeSeconds, String(reflecting: answer.generation)).utf8))
         }
     }
 
