@@ -27,6 +27,7 @@ let package = Package(
         .executable(name: "kvc-run", targets: ["kvc-run"]),
         .executable(name: "kvc-bench", targets: ["kvc-bench"]),
         .executable(name: "kvc-train", targets: ["kvc-train"]),
+        .executable(name: "kvc-export", targets: ["kvc-export"]),
         .executable(name: "kvc-eval", targets: ["kvc-eval"]),
     ],
     dependencies: [
@@ -59,7 +60,7 @@ let package = Package(
         .target(name: "KVCCollect", dependencies: ["KVCCore"], swiftSettings: swiftSettings),
 
         // KVCapsule: retention, key reconstruction, value PCA, byte budgets, and the capsule cache.
-        .target(name: "KVCCapsule", dependencies: ["KVCCore", "KVCCollect", "KVCBackbone"], swiftSettings: swiftSettings),
+        .target(name: "KVCCapsule", dependencies: ["KVCCore", "KVCCollect", "KVCBackbone", "CZstd"], swiftSettings: swiftSettings),
 
         .executableTarget(name: "kvc-demo", dependencies: [
             "KVCTensor", "KVCVision", .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -68,11 +69,14 @@ let package = Package(
             "KVCBackbone", "KVCVision", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "Sources/Tools/kvc-run", swiftSettings: swiftSettings),
         .executableTarget(name: "kvc-train", dependencies: [
-            "KVCVision", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "KVCVision", "KVCCapsule", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "Sources/Tools/kvc-train", swiftSettings: swiftSettings),
         .executableTarget(name: "kvc-eval", dependencies: [
             "KVCVision", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "Sources/Tools/kvc-eval", swiftSettings: swiftSettings),
+        .executableTarget(name: "kvc-export", dependencies: [
+            "KVCCapsule", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], path: "Sources/Tools/kvc-export", swiftSettings: swiftSettings),
         .executableTarget(name: "kvc-bench", dependencies: [
             "KVCTensor", "KVCBackbone", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "Sources/Tools/kvc-bench", swiftSettings: swiftSettings),

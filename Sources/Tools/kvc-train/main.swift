@@ -1,6 +1,9 @@
 import ArgumentParser
 import Foundation
 import KVCCore
+import KVCCapsule
+import KVCGGUF
+import KVCBackbone
 import KVCVision
 
 /// Trains what a recipe describes. Every run is resumable: rerun the same command after an interruption.
@@ -12,17 +15,22 @@ struct KVCTrain: ParsableCommand {
         The recipe's `kind` selects what is trained:
           front-end  the vision front end: stage 1 (encoder as a shape/colour classifier), stage 2 (projector aligned \
         through the frozen SmolLM2 decoder on easy-VQA). Example: recipes/frontend-easyvqa.yaml.
+          capsule    a KVCapsule adapter for one compression ratio, fitted on caches from kvc-collect. Examples:         recipes/capsule-r0.4.yaml, capsule-r0.6.yaml, capsule-r0.8.yaml.
         Unknown keys and out-of-range values are errors naming the key. Progress (steps/s, ETA) goes to stderr, \
         metrics to RUN_DIR/metrics.jsonl, checkpoints to RUN_DIR every `checkpoint_every` steps.
         """)
 
     @Argument(help: "The recipe (YAML).") var recipe: String
     @Option(help: "BLAS threads (default: all cores).") var threads: Int?
+    @Option(help: "The backbone GGUF (capsule recipes read its RoPE base).") var model: String = Assets.smolLM2GGUF
 
     func run() throws {
         if let threads { BLAS.threads = threads }
         let r = try RecipeSection.load(path: recipe)
-        switch try r.string("kind", allowed: ["front-end"]) {
+        switch try r.string("kind", allowed: ["front-end", "capsule"]) {
+        case "capsule":
+            let config = try LlamaConfig(gguf: GGUFFile(path: Assets.require(model)))
+            try CapsuleRecipe.load(path: recipe).run(ropeBase: config.ropeBase)
         default:
             try FrontEndRecipe(r).run()
         }

@@ -1,0 +1,157 @@
+import Foundation
+import KVCBackbone
+import KVCCore
+
+/// A trained capsule adapter: what `kvc-export` writes to a `.kvcap` file and the inference module loads.
+///
+/// Payload tensors: for every neighbour configuration `c` seen in training, `linear.<c>.coefficients`
+/// (F16 `[layers * kv_heads, slots, head_dim / 2, 2]`, complex coefficients) and `linear.<c>.fitted` (U8
+/// `[layers * kv_heads]`: 0 where that layer/head never saw the configuration). The metadata holds the backbone
+/// (fingerprint, layers, KV heads, head dim, RoPE base), the budget, the retention policy, the configurations' offsets,
+/// and the recipe text.
+public struct CapsuleAdapter {
+    public var fingerprint: String
+    public var layers: Int
+    public var kvHeads: Int
+    public var headDim: Int
+    public var ropeBase: Double
+    public var settings: CapsuleSettings
+    public var recipe: String
+
+    public init(fingerprint: String, layers: Int, kvHeads: Int, headDim: Int, ropeBase: Double, settings: CapsuleSettings,
+                recipe: String) {
+        self.fingerprint = fingerprint
+        self.layers = layers
+        self.kvHeads = kvHeads
+        self.headDim = headDim
+        self.ropeBase = ropeBase
+        self.settings = settings
+        self.recipe = recipe
+    }
+
+    private struct Header: Codable {
+        var kind = "kvcapsule-adapter"
+        var fingerprint: String
+        var layers: Int
+        var kvHeads: Int
+        var headDim: Int
+        var ropeBase: Double
+        var ratio: Double
+        var keyRatio: Double
+        var policy: String
+        var neighbours: Int
+        var keys: String
+        var configurations: [[GridNeighbours.Offset]]
+        var recipe: String
+        enum CodingKeys: String, CodingKey {
+            case kind, fingerprint, layers, kvHeads = "kv_heads", headDim = "head_dim", ropeBase = "rope_base", ratio
+            case keyRatio = "key_ratio", policy, neighbours, keys, configurations, recipe
+        }
+    }
+
+    /// Writes the compressed `.kvcap` file (atomically).
+    public func export(to path: String) throws { try AdapterFile.write(payload: payload(), to: path) }
+
+    /// Writes the uncompressed payload as a plain safetensors file (the training run's checkpoint).
+    public func saveCheckpoint(to path: String) throws { try payload().write(to: path) }
+
+    public func payload() throws -> SafetensorsWriter {
+        var writer = SafetensorsWriter()
+        var configurations: [[GridNeighbours.Offset]] = []
+        let keysName: String
+        switch settings.keys {
+        case .linear(let model):
+            keysName = "linear"
+            configurations = Set(model.coefficients.flatMap(\.keys)).sorted { $0.lexicographicallyPrecedes($1) }
+            let pairs = headDim / 2
+            for (c, config) in configurations.enumerated() {
+                var values = [Float](repeating: 0, count: layers * kvHeads * config.count * pairs * 2)
+                var fitted = [UInt8](repeating: 0, count: layers * kvHeads)
+                for slot in 0..<(layers * kvHeads) {
+                    guard let coef = model.coefficients[slot][config] else { continue }
+                    fitted[slot] = 1
+                    for i in 0..<coef.count { values[slot * coef.count + i] = coef[i] }
+                }
+                try writer.add("linear.\(c).coefficients", floats: values, shape: [layers * kvHeads, config.count, pairs, 2],
+                               dtype: .f16)
+                try writer.add("linear.\(c).fitted", dtype: .u8, shape: [layers * kvHeads], bytes: Data(fitted))
+            }
+        case .nearest: keysName = "nearest"
+        case .evict: keysName = "evict"
+        }
+        let header = Header(fingerprint: fingerprint, layers: layers, kvHeads: kvHeads, headDim: headDim, ropeBase: ropeBase,
+                            ratio: settings.budget.ratio, keyRatio: settings.budget.keyRatio, policy: settings.policy.rawValue,
+                            neighbours: settings.neighbours, keys: keysName, configurations: configurations, recipe: recipe)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        writer.metadata["kvcapsule"] = String(decoding: try encoder.encode(header), as: UTF8.self)
+        return writer
+    }
+
+    /// Loads and checks a `.kvcap` adapter; with `config`/`fingerprint`, refuses one made for another backbone.
+    public static func load(path: String, config: LlamaConfig? = nil, fingerprint: String? = nil) throws -> CapsuleAdapter {
+        try decode(AdapterFile.read(path: path), path: path, config: config, fingerprint: fingerprint)
+    }
+
+    /// Loads a training run's uncompressed checkpoint.
+    public static func loadCheckpoint(path: String, config: LlamaConfig? = nil) throws -> CapsuleAdapter {
+        try decode(SafetensorsFile(path: path), path: path, config: config, fingerprint: nil)
+    }
+
+    private static func decode(_ file: SafetensorsFile, path: String, config: LlamaConfig?, fingerprint: String?) throws -> CapsuleAdapter {
+        guard let json = file.metadata["kvcapsule"],
+              let h = try? JSONDecoder().decode(Header.self, from: Data(json.utf8)), h.kind == "kvcapsule-adapter" else {
+            throw KVCError.file(path, "payload metadata 'kvcapsule' is missing or not an adapter header")
+        }
+        if let config {
+            guard h.layers == config.layerCount, h.kvHeads == config.kvHeadCount, h.headDim == config.headDim else {
+                throw KVCError.file(path, "adapter is for \(h.layers) layers x \(h.kvHeads) KV heads x head dim \(h.headDim); "
+                                    + "this backbone has \(config.layerCount) x \(config.kvHeadCount) x \(config.headDim)")
+            }
+            guard abs(h.ropeBase - config.ropeBase) <= 1e-6 * config.ropeBase else {
+                throw KVCError.file(path, "adapter RoPE base \(h.ropeBase) differs from the backbone's \(config.ropeBase)")
+            }
+        }
+        if let fingerprint, h.fingerprint != fingerprint {
+            throw KVCError.file(path, "adapter was trained for backbone \(h.fingerprint), this backbone is \(fingerprint)")
+        }
+        guard let policy = RetentionPolicy(rawValue: h.policy) else { throw KVCError.file(path, "unknown retention policy '\(h.policy)'") }
+        guard (0...1).contains(h.ratio), (0...1).contains(h.keyRatio), (0...1).contains(2 * h.ratio - h.keyRatio),
+              (1...16).contains(h.neighbours), h.headDim > 0, h.headDim % 2 == 0, h.layers > 0, h.kvHeads > 0 else {
+            throw KVCError.file(path, "adapter header values out of range: \(json)")
+        }
+        let rope = RotaryEmbedding(headDim: h.headDim, base: h.ropeBase)
+        let keys: KeyReconstruction
+        switch h.keys {
+        case "nearest": keys = .nearest
+        case "evict": keys = .evict
+        case "linear":
+            var tables = [[LinearKeyReconstructor.Configuration: [Float]]](repeating: [:], count: h.layers * h.kvHeads)
+            let pairs = h.headDim / 2
+            for (c, config) in h.configurations.enumerated() {
+                let name = "linear.\(c).coefficients"
+                let info = try file.info(name)
+                guard info.shape == [h.layers * h.kvHeads, config.count, pairs, 2] else {
+                    throw KVCError.file(path, "tensor '\(name)' has shape \(info.shape), expected "
+                                        + "\([h.layers * h.kvHeads, config.count, pairs, 2])")
+                }
+                let values = try file.floats(name)
+                let fitted = try file.ints("linear.\(c).fitted")
+                guard fitted.count == h.layers * h.kvHeads else { throw KVCError.file(path, "tensor 'linear.\(c).fitted' has the wrong length") }
+                let per = config.count * pairs * 2
+                for slot in 0..<(h.layers * h.kvHeads) where fitted[slot] != 0 {
+                    tables[slot][config] = Array(values[(slot * per)..<((slot + 1) * per)])
+                }
+            }
+            keys = .linear(LinearKeyReconstructor(layers: h.layers, kvHeads: h.kvHeads, headDim: h.headDim, rope: rope,
+                                                  coefficients: tables))
+        default:
+            throw KVCError.file(path, "unknown key reconstruction '\(h.keys)'")
+        }
+        return CapsuleAdapter(fingerprint: h.fingerprint, layers: h.layers, kvHeads: h.kvHeads, headDim: h.headDim,
+                              ropeBase: h.ropeBase,
+                              settings: CapsuleSettings(budget: CapsuleBudget(ratio: h.ratio, keyRatio: h.keyRatio), policy: policy,
+                                                        neighbours: h.neighbours, keys: keys),
+                              recipe: h.recipe)
+    }
+}

@@ -1,0 +1,158 @@
+import Foundation
+import KVCBackbone
+import KVCCollect
+import KVCCore
+
+/// Fits the linear key reconstructor of a budget on collected caches and measures, on held-out samples, what each
+/// side of the capsule costs: per-layer relative error of rebuilt keys (linear vs. nearest-neighbour copy), the value
+/// energy the PCA rank keeps, and the attention-geometry error — KL between the text queries' attention over true keys
+/// and over rebuilt keys.
+public struct CapsuleFit {
+    public struct LayerReport: Codable, Sendable {
+        public var layer: Int
+        public var keyErrorLinear: Double
+        public var keyErrorNearest: Double
+        public var valueError: Double
+        public var attentionKLLinear: Double
+        public var attentionKLNearest: Double
+        enum CodingKeys: String, CodingKey {
+            case layer, keyErrorLinear = "key_rel_error_linear", keyErrorNearest = "key_rel_error_nearest"
+            case valueError = "value_rel_error", attentionKLLinear = "attention_kl_linear", attentionKLNearest = "attention_kl_nearest"
+        }
+    }
+
+    public var budget: CapsuleBudget
+    public var policy: RetentionPolicy
+    public var neighbours: Int
+    public var ridge: Double
+    /// Every `validationEvery`-th sample is held out.
+    public var validationEvery: Int
+
+    public init(budget: CapsuleBudget, policy: RetentionPolicy = .strided, neighbours: Int = 4, ridge: Double = 1e-3,
+                validationEvery: Int = 5) {
+        self.budget = budget
+        self.policy = policy
+        self.neighbours = neighbours
+        self.ridge = ridge
+        self.validationEvery = validationEvery
+    }
+
+    /// Streams `store` twice: once to fit, once to measure on the held-out samples.
+    public func run(store: CacheStore, ropeBase: Double, progress: Bool = true) throws
+        -> (reconstructor: LinearKeyReconstructor, layers: [LayerReport]) {
+        let layout = store.manifest.layout
+        let d = layout.headDim
+        let rope = RotaryEmbedding(headDim: d, base: ropeBase)
+        var fit = LinearKeyReconstructorFit(layers: layout.layers, kvHeads: layout.kvHeads, headDim: d, rope: rope, ridge: ridge)
+        let bar = Progress("fit key reconstructor", total: store.count, unit: "samples", enabled: progress)
+        var index = 0
+        try store.forEachSample { s in
+            defer { index += 1; bar.advance() }
+            guard index % validationEvery != 0 else { return }
+            let nb = neighbourhood(s, headDim: d)
+            let keys = HalfConversion.halfToFloat(s.keys)
+            let n = s.visionCount
+            keys.withUnsafeBufferPointer { k in
+                for l in 0..<layout.layers {
+                    for h in 0..<layout.kvHeads {
+                        fit.add(layer: l, head: h, keys: k.baseAddress! + ((l * layout.kvHeads + h) * n) * d,
+                                positions: s.visionPositions, neighbours: nb)
+                    }
+                }
+            }
+        }
+        let model = fit.solve()
+        var sums = [[Double]](repeating: [Double](repeating: 0, count: 8), count: layout.layers)
+        index = 0
+        try store.forEachSample { s in
+            defer { index += 1 }
+            guard index % validationEvery == 0 else { return }
+            try measure(s, model: model, rope: rope, layout: layout, into: &sums)
+        }
+        let reports = sums.enumerated().map { l, v in
+            LayerReport(layer: l, keyErrorLinear: (v[0] / max(v[2], 1e-30)).squareRoot(),
+                        keyErrorNearest: (v[1] / max(v[2], 1e-30)).squareRoot(),
+                        valueError: (v[3] / max(v[4], 1e-30)).squareRoot(),
+                        attentionKLLinear: v[5] / max(v[7], 1), attentionKLNearest: v[6] / max(v[7], 1))
+        }
+        return (model, reports)
+    }
+
+    func neighbourhood(_ s: CacheSample, headDim: Int) -> GridNeighbours {
+        let plan = budget.plan(tokens: s.visionCount, headDim: headDim)
+        return GridNeighbours(grids: s.grids, keep: policy.mask(grids: s.grids, kept: plan.keptKeys), count: neighbours)
+    }
+
+    /// Adds, per layer: [linear key err², nearest key err², key norm², value err², value norm², KL linear, KL nearest, queries].
+    private func measure(_ s: CacheSample, model: LinearKeyReconstructor, rope: RotaryEmbedding, layout: CacheLayout,
+                         into sums: inout [[Double]]) throws {
+        let d = layout.headDim, n = s.visionCount, t = s.textCount
+        let nb = neighbourhood(s, headDim: d)
+        let plan = budget.plan(tokens: n, headDim: d)
+        let keys = HalfConversion.halfToFloat(s.keys), values = HalfConversion.halfToFloat(s.values)
+        let queries = HalfConversion.halfToFloat(s.queries)
+        let group = layout.queryHeads / layout.kvHeads
+        for l in 0..<layout.layers {
+            for h in 0..<layout.kvHeads {
+                let base = ((l * layout.kvHeads + h) * n) * d
+                let trueKeys = Array(keys[base..<(base + n * d)])
+                let retained = nb.retained.flatMap { Array(trueKeys[($0 * d)..<(($0 + 1) * d)]) }
+                var linear = trueKeys, nearest = trueKeys
+                var dropped = [Float](repeating: 0, count: nb.dropped.count * d)
+                retained.withUnsafeBufferPointer {
+                    model.reconstruct(layer: l, head: h, neighbours: nb, retainedKeys: $0.baseAddress!,
+                                      positions: s.visionPositions, into: &dropped)
+                }
+                for (i, j) in nb.dropped.enumerated() {
+                    for e in 0..<d { linear[j * d + e] = dropped[i * d + e] }
+                    if let first = nb.neighbours[i].first {
+                        let delta = Int(s.visionPositions[j]) - Int(s.visionPositions[nb.retained[first]])
+                        let r = rope.rotate(Array(retained[(first * d)..<((first + 1) * d)]), position: delta)
+                        for e in 0..<d { nearest[j * d + e] = r[e] }
+                    }
+                    for e in 0..<d {
+                        let x = Double(trueKeys[j * d + e])
+                        sums[l][0] += pow(Double(linear[j * d + e]) - x, 2)
+                        sums[l][1] += pow(Double(nearest[j * d + e]) - x, 2)
+                        sums[l][2] += x * x
+                    }
+                }
+                let v = Array(values[base..<(base + n * d)])
+                if let q = plan.valueRank {
+                    let rebuilt = try v.withUnsafeBufferPointer { try FactoredValues(values: $0, tokens: n, headDim: d, rank: q) }.reconstruct()
+                    for i in 0..<(n * d) { sums[l][3] += pow(Double(rebuilt[i] - v[i]), 2); sums[l][4] += Double(v[i] * v[i]) }
+                } else {
+                    sums[l][4] += v.reduce(0.0) { $0 + Double($1 * $1) }
+                }
+                // Attention of the text queries of this KV head's query group over the vision keys.
+                for g in 0..<group {
+                    let qh = h * group + g
+                    for i in 0..<t {
+                        let q = Array(queries[(((l * layout.queryHeads + qh) * t) + i) * d..<((((l * layout.queryHeads + qh) * t) + i) * d + d)])
+                        let p = softmaxScores(q, trueKeys, n: n, d: d)
+                        sums[l][5] += kl(p, softmaxScores(q, linear, n: n, d: d))
+                        sums[l][6] += kl(p, softmaxScores(q, nearest, n: n, d: d))
+                        sums[l][7] += 1
+                    }
+                }
+            }
+        }
+    }
+}
+
+private func softmaxScores(_ q: [Float], _ keys: [Float], n: Int, d: Int) -> [Double] {
+    let scale = 1 / Double(d).squareRoot()
+    var s = (0..<n).map { j -> Double in
+        var dot = 0.0
+        for e in 0..<d { dot += Double(q[e]) * Double(keys[j * d + e]) }
+        return dot * scale
+    }
+    let m = s.max() ?? 0
+    var total = 0.0
+    for j in 0..<n { s[j] = exp(s[j] - m); total += s[j] }
+    return s.map { $0 / total }
+}
+
+private func kl(_ p: [Double], _ q: [Double]) -> Double {
+    zip(p, q).reduce(0) { $0 + ($1.0 > 0 ? $1.0 * log($1.0 / max($1.1, 1e-300)) : 0) }
+}
