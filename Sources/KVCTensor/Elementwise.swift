@@ -67,66 +67,112 @@ struct BroadcastPlan {
     }
 }
 
-/// The four arithmetic operators share one implementation; the enum picks forward value and partial derivatives.
-enum BinaryOp {
-    case add, sub, mul, div
-
-    var name: String {
-        switch self {
-        case .add: return "add"
-        case .sub: return "sub"
-        case .mul: return "mul"
-        case .div: return "div"
-        }
-    }
-
-    @inline(__always) func apply(_ a: Float, _ b: Float) -> Float {
-        switch self {
-        case .add: return a + b
-        case .sub: return a - b
-        case .mul: return a * b
-        case .div: return a / b
-        }
-    }
-    /// ∂(a op b)/∂a times g
-    @inline(__always) func gradA(_ g: Float, _ a: Float, _ b: Float) -> Float {
-        switch self {
-        case .add, .sub: return g
-        case .mul: return g * b
-        case .div: return g / b
-        }
-    }
-    /// ∂(a op b)/∂b times g
-    @inline(__always) func gradB(_ g: Float, _ a: Float, _ b: Float) -> Float {
-        switch self {
-        case .add: return g
-        case .sub: return -g
-        case .mul: return g * a
-        case .div: return -g * a / (b * b)
-        }
-    }
+/// The four arithmetic operators share one implementation, specialised per operator through this protocol so every
+/// loop compiles to straight vector code: forward value and the two partial derivatives (times the gradient g).
+protocol BinaryKernel {
+    static var name: String { get }
+    static func apply(_ a: Float, _ b: Float) -> Float
+    /// ∂(a op b)/∂a · g
+    static func gradA(_ g: Float, _ a: Float, _ b: Float) -> Float
+    /// ∂(a op b)/∂b · g
+    static func gradB(_ g: Float, _ a: Float, _ b: Float) -> Float
 }
 
-func binary(_ a: Tensor, _ b: Tensor, _ op: BinaryOp) -> Tensor {
-    if a.shape == b.shape { return sameShapeBinary(a, b, op) }
-    let plan = BroadcastPlan(a.shape, b.shape, op: op.name)
+enum AddKernel: BinaryKernel {
+    static let name = "add"
+    @inline(__always) static func apply(_ a: Float, _ b: Float) -> Float { a + b }
+    @inline(__always) static func gradA(_ g: Float, _ a: Float, _ b: Float) -> Float { g }
+    @inline(__always) static func gradB(_ g: Float, _ a: Float, _ b: Float) -> Float { g }
+}
+
+enum SubKernel: BinaryKernel {
+    static let name = "sub"
+    @inline(__always) static func apply(_ a: Float, _ b: Float) -> Float { a - b }
+    @inline(__always) static func gradA(_ g: Float, _ a: Float, _ b: Float) -> Float { g }
+    @inline(__always) static func gradB(_ g: Float, _ a: Float, _ b: Float) -> Float { -g }
+}
+
+enum MulKernel: BinaryKernel {
+    static let name = "mul"
+    @inline(__always) static func apply(_ a: Float, _ b: Float) -> Float { a * b }
+    @inline(__always) static func gradA(_ g: Float, _ a: Float, _ b: Float) -> Float { g * b }
+    @inline(__always) static func gradB(_ g: Float, _ a: Float, _ b: Float) -> Float { g * a }
+}
+
+enum DivKernel: BinaryKernel {
+    static let name = "div"
+    @inline(__always) static func apply(_ a: Float, _ b: Float) -> Float { a / b }
+    @inline(__always) static func gradA(_ g: Float, _ a: Float, _ b: Float) -> Float { g / b }
+    @inline(__always) static func gradB(_ g: Float, _ a: Float, _ b: Float) -> Float { -g * a / (b * b) }
+}
+
+func binary<K: BinaryKernel>(_ a: Tensor, _ b: Tensor, _ kernel: K.Type) -> Tensor {
+    if a.shape == b.shape { return sameShapeBinary(a, b, kernel) }
+    let plan = BroadcastPlan(a.shape, b.shape, op: K.name)
+    // A row (bias, norm weight, ...) repeated over the leading axes of a full operand: the common broadcast.
+    if plan.outShape == a.shape && isTrailingRow(b.shape, of: a.shape) { return rowBroadcastBinary(a, b, rowIsB: true, kernel) }
+    if plan.outShape == b.shape && isTrailingRow(a.shape, of: b.shape) { return rowBroadcastBinary(a, b, rowIsB: false, kernel) }
+
     let out = Tensor(uninitializedShape: plan.outShape)
     let pa = a.data, pb = b.data, po = out.data
     plan.forEachRow { o, ai, bi, n, sa, sb in
-        for j in 0..<n { po[o + j] = op.apply(pa[ai + j * sa], pb[bi + j * sb]) }
+        for j in 0..<n { po[o + j] = K.apply(pa[ai + j * sa], pb[bi + j * sb]) }
     }
     out.record([a, b]) { out, g in
         let pa = a.data, pb = b.data
         if a.requiresGrad {
             let ga = a.gradBufferForScatter()
             plan.forEachRow { o, ai, bi, n, sa, sb in
-                for j in 0..<n { ga[ai + j * sa] += op.gradA(g[o + j], pa[ai + j * sa], pb[bi + j * sb]) }
+                for j in 0..<n { ga[ai + j * sa] += K.gradA(g[o + j], pa[ai + j * sa], pb[bi + j * sb]) }
             }
         }
         if b.requiresGrad {
             let gb = b.gradBufferForScatter()
             plan.forEachRow { o, ai, bi, n, sa, sb in
-                for j in 0..<n { gb[bi + j * sb] += op.gradB(g[o + j], pa[ai + j * sa], pb[bi + j * sb]) }
+                for j in 0..<n { gb[bi + j * sb] += K.gradB(g[o + j], pa[ai + j * sa], pb[bi + j * sb]) }
+            }
+        }
+    }
+    return out
+}
+
+/// Whether `small`, leading 1s aside, equals the last axes of `full` (so it repeats every `small.count` elements).
+private func isTrailingRow(_ small: [Int], of full: [Int]) -> Bool {
+    let trimmed = Array(small.drop { $0 == 1 })
+    return trimmed.count <= full.count && Array(full.suffix(trimmed.count)) == trimmed && small.count <= full.count
+}
+
+/// full op row (or row op full), the row repeated over the leading axes.
+private func rowBroadcastBinary<K: BinaryKernel>(_ a: Tensor, _ b: Tensor, rowIsB: Bool, _: K.Type) -> Tensor {
+    let full = rowIsB ? a : b, row = rowIsB ? b : a
+    let out = Tensor(uninitializedShape: full.shape)
+    let r = row.count, rows = r == 0 ? 0 : full.count / r
+    let pf = full.data, pr = row.data, po = out.data
+    for i in 0..<rows {
+        let f = pf + i * r, o = po + i * r
+        if rowIsB { for j in 0..<r { o[j] = K.apply(f[j], pr[j]) } } else { for j in 0..<r { o[j] = K.apply(pr[j], f[j]) } }
+    }
+    out.record([a, b]) { _, g in
+        let pf = full.data, pr = row.data
+        if full.requiresGrad {
+            full.accumulateGrad { gf, overwrite in
+                for i in 0..<rows {
+                    let f = pf + i * r, gi = g + i * r, d = gf + i * r
+                    switch (rowIsB, overwrite) {
+                    case (true, true): for j in 0..<r { d[j] = K.gradA(gi[j], f[j], pr[j]) }
+                    case (true, false): for j in 0..<r { d[j] += K.gradA(gi[j], f[j], pr[j]) }
+                    case (false, true): for j in 0..<r { d[j] = K.gradB(gi[j], pr[j], f[j]) }
+                    case (false, false): for j in 0..<r { d[j] += K.gradB(gi[j], pr[j], f[j]) }
+                    }
+                }
+            }
+        }
+        if row.requiresGrad {
+            let gr = row.gradBufferForScatter()  // row-sized, cheap to clear
+            for i in 0..<rows {
+                let f = pf + i * r, gi = g + i * r
+                if rowIsB { for j in 0..<r { gr[j] += K.gradB(gi[j], f[j], pr[j]) } }
+                else { for j in 0..<r { gr[j] += K.gradA(gi[j], pr[j], f[j]) } }
             }
         }
     }
@@ -134,41 +180,32 @@ func binary(_ a: Tensor, _ b: Tensor, _ op: BinaryOp) -> Tensor {
 }
 
 /// The common case without broadcasting: straight loops the compiler vectorises.
-private func sameShapeBinary(_ a: Tensor, _ b: Tensor, _ op: BinaryOp) -> Tensor {
+private func sameShapeBinary<K: BinaryKernel>(_ a: Tensor, _ b: Tensor, _: K.Type) -> Tensor {
     let out = Tensor(uninitializedShape: a.shape)
     let n = out.count, pa = a.data, pb = b.data, po = out.data
-    switch op {
-    case .add: for i in 0..<n { po[i] = pa[i] + pb[i] }
-    case .sub: for i in 0..<n { po[i] = pa[i] - pb[i] }
-    case .mul: for i in 0..<n { po[i] = pa[i] * pb[i] }
-    case .div: for i in 0..<n { po[i] = pa[i] / pb[i] }
-    }
-    out.record([a, b]) { out, g in
+    for i in 0..<n { po[i] = K.apply(pa[i], pb[i]) }
+    out.record([a, b]) { _, g in
         let pa = a.data, pb = b.data
         if a.requiresGrad {
             a.accumulateGrad { ga, overwrite in
-                switch op {
-                case .add, .sub: store(g, into: ga, count: n, overwrite: overwrite)
-                case .mul, .div:
-                    if overwrite { for i in 0..<n { ga[i] = op.gradA(g[i], pa[i], pb[i]) } }
-                    else { for i in 0..<n { ga[i] += op.gradA(g[i], pa[i], pb[i]) } }
-                }
+                if overwrite { for i in 0..<n { ga[i] = K.gradA(g[i], pa[i], pb[i]) } }
+                else { for i in 0..<n { ga[i] += K.gradA(g[i], pa[i], pb[i]) } }
             }
         }
         if b.requiresGrad {
             b.accumulateGrad { gb, overwrite in
-                if overwrite { for i in 0..<n { gb[i] = op.gradB(g[i], pa[i], pb[i]) } }
-                else { for i in 0..<n { gb[i] += op.gradB(g[i], pa[i], pb[i]) } }
+                if overwrite { for i in 0..<n { gb[i] = K.gradB(g[i], pa[i], pb[i]) } }
+                else { for i in 0..<n { gb[i] += K.gradB(g[i], pa[i], pb[i]) } }
             }
         }
     }
     return out
 }
 
-public func + (a: Tensor, b: Tensor) -> Tensor { binary(a, b, .add) }
-public func - (a: Tensor, b: Tensor) -> Tensor { binary(a, b, .sub) }
-public func * (a: Tensor, b: Tensor) -> Tensor { binary(a, b, .mul) }
-public func / (a: Tensor, b: Tensor) -> Tensor { binary(a, b, .div) }
+public func + (a: Tensor, b: Tensor) -> Tensor { binary(a, b, AddKernel.self) }
+public func - (a: Tensor, b: Tensor) -> Tensor { binary(a, b, SubKernel.self) }
+public func * (a: Tensor, b: Tensor) -> Tensor { binary(a, b, MulKernel.self) }
+public func / (a: Tensor, b: Tensor) -> Tensor { binary(a, b, DivKernel.self) }
 
 public func + (a: Tensor, s: Float) -> Tensor { a.affine(scale: 1, shift: s) }
 public func - (a: Tensor, s: Float) -> Tensor { a.affine(scale: 1, shift: -s) }

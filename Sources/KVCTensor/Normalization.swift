@@ -9,6 +9,9 @@ extension Tensor {
         if let weight { shapeCheck(weight.shape == [d], "layerNorm", "weight \(weight.shape) should be [\(d)] for input \(shape)") }
         if let bias { shapeCheck(bias.shape == [d], "layerNorm", "bias \(bias.shape) should be [\(d)] for input \(shape)") }
         let rows = count / Swift.max(d, 1)
+        // Absent weight/bias become constant rows so the loops have no optional per element.
+        let weightRow = weight ?? Tensor.filled([d], with: 1), biasRow = bias ?? Tensor.filled([d], with: 0)
+        let (w, bb) = (weightRow.data, biasRow.data)
         let out = Tensor(uninitializedShape: shape)
         var xhat = [Float](repeating: 0, count: count)
         var rstd = [Float](repeating: 0, count: rows)
@@ -25,18 +28,19 @@ extension Tensor {
             for j in 0..<d {
                 let h = (row[j] - mean) * s
                 xhat[r * d + j] = h
-                po[r * d + j] = h * (weight?.data[j] ?? 1) + (bias?.data[j] ?? 0)
+                po[r * d + j] = h * w[j] + bb[j]
             }
         }
         let parents = [self] + [weight, bias].compactMap { $0 }
         out.record(parents) { _, g in
+            let w = weightRow.data  // captures the row, keeping it alive with the closure
             if self.requiresGrad {
                 let gx = self.gradBufferForScatter()
                 var dh = [Float](repeating: 0, count: d)
                 for r in 0..<rows {
                     var mdh: Float = 0, mdhh: Float = 0
                     for j in 0..<d {
-                        dh[j] = g[r * d + j] * (weight?.data[j] ?? 1)
+                        dh[j] = g[r * d + j] * w[j]
                         mdh += dh[j]
                         mdhh += dh[j] * xhat[r * d + j]
                     }
@@ -61,6 +65,8 @@ extension Tensor {
         let d = shape.last ?? 1
         if let weight { shapeCheck(weight.shape == [d], "rmsNorm", "weight \(weight.shape) should be [\(d)] for input \(shape)") }
         let rows = count / Swift.max(d, 1)
+        let weightRow = weight ?? Tensor.filled([d], with: 1)  // no optional per element in the loops
+        let w = weightRow.data
         let out = Tensor(uninitializedShape: shape)
         var rinv = [Float](repeating: 0, count: rows)
         let px = data, po = out.data
@@ -70,20 +76,19 @@ extension Tensor {
             for j in 0..<d { ss += row[j] * row[j] }
             let s = 1 / (ss / Float(d) + eps).squareRoot()
             rinv[r] = s
-            if let w = weight?.data { for j in 0..<d { po[r * d + j] = row[j] * s * w[j] } }
-            else { for j in 0..<d { po[r * d + j] = row[j] * s } }
+            for j in 0..<d { po[r * d + j] = row[j] * s * w[j] }
         }
         let parents = [self] + [weight].compactMap { $0 }
         out.record(parents) { _, g in
-            let px = self.data
+            let px = self.data, w = weightRow.data  // captures the row, keeping it alive with the closure
             if self.requiresGrad {
                 let gx = self.gradBufferForScatter()
                 for r in 0..<rows {
                     let s = rinv[r]
                     var dot: Float = 0
-                    for j in 0..<d { dot += g[r * d + j] * (weight?.data[j] ?? 1) * px[r * d + j] }
+                    for j in 0..<d { dot += g[r * d + j] * w[j] * px[r * d + j] }
                     let c = s * s * s * dot / Float(d)
-                    for j in 0..<d { gx[r * d + j] += s * g[r * d + j] * (weight?.data[j] ?? 1) - c * px[r * d + j] }
+                    for j in 0..<d { gx[r * d + j] += s * g[r * d + j] * w[j] - c * px[r * d + j] }
                 }
             }
             if let weight, weight.requiresGrad {
@@ -94,3 +99,4 @@ extension Tensor {
         return out
     }
 }
+

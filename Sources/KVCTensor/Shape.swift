@@ -28,10 +28,15 @@ extension Tensor {
         let out = Tensor(uninitializedShape: d.map { shape[$0] })
         let inStrides = Tensor.rowMajorStrides(shape)
         stridedCopy(from: data, strides: d.map { inStrides[$0] }, to: out.data, shape: out.shape, accumulate: false)
-        out.record([self]) { out, g in
-            // Scatter back: walk the output in order and add into the input positions it came from.
-            let gx = self.gradBufferForScatter()
-            stridedScatterAdd(from: g, to: gx, strides: d.map { inStrides[$0] }, shape: out.shape)
+        // The backward is the inverse permutation: input axis d[i] is output axis i.
+        var inverse = [Int](repeating: 0, count: d.count)
+        for (i, axis) in d.enumerated() { inverse[axis] = i }
+        let outStrides = Tensor.rowMajorStrides(out.shape)
+        out.record([self]) { _, g in
+            // Writes the input-shaped gradient in order (reads strided), so no clearing and no scattered writes.
+            self.accumulateGrad { gx, overwrite in
+                stridedCopy(from: g, strides: inverse.map { outStrides[$0] }, to: gx, shape: self.shape, accumulate: !overwrite)
+            }
         }
         return out
     }

@@ -46,6 +46,9 @@ final class GradCheckTests: XCTestCase {
         check([randn([4]), randn([2, 3, 4])], "mul [4]*[2,3,4]") { $0[0] * $0[1] }
         check([randn([2, 3]), positive([2, 1])], "div [2,3]/[2,1]") { $0[0] / $0[1] }
         check([randn([2, 3]), randn([])], "mul by scalar tensor") { $0[0] * $0[1] }
+        check([randn([2, 3, 4]), randn([3, 4])], "sub row [2,3,4]-[3,4]") { $0[0] - $0[1] }
+        check([randn([2, 3]), positive([1, 3])], "div row [2,3]/[1,3]") { $0[0] / $0[1] }
+        check([positive([3]), positive([2, 3])], "div row-first [3]/[2,3]") { $0[0] / $0[1] }
     }
 
     func testPointwiseMath() {
