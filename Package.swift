@@ -26,6 +26,7 @@ let package = Package(
         .executable(name: "kvc-demo", targets: ["kvc-demo"]),
         .executable(name: "kvc-run", targets: ["kvc-run"]),
         .executable(name: "kvc-bench", targets: ["kvc-bench"]),
+        .executable(name: "kvc-collect", targets: ["kvc-collect"]),
         .executable(name: "kvc-train", targets: ["kvc-train"]),
         .executable(name: "kvc-export", targets: ["kvc-export"]),
         .executable(name: "kvc-eval", targets: ["kvc-eval"]),
@@ -58,6 +59,9 @@ let package = Package(
 
         // Collected KV caches: the shard format, its manifest, and the reader the trainer streams from.
         .target(name: "KVCCollect", dependencies: ["KVCCore"], swiftSettings: swiftSettings),
+        // The collection driver: runs the frozen VLM over a data set and writes KVCCollect shards.
+        .target(name: "KVCCollector", dependencies: ["KVCCore", "KVCCollect", "KVCVision", "KVCBackbone"],
+                swiftSettings: swiftSettings),
 
         // KVCapsule: retention, key reconstruction, value PCA, byte budgets, and the capsule cache.
         .target(name: "KVCCapsule", dependencies: ["KVCCore", "KVCCollect", "KVCBackbone", "CZstd"], swiftSettings: swiftSettings),
@@ -77,12 +81,16 @@ let package = Package(
         .executableTarget(name: "kvc-export", dependencies: [
             "KVCCapsule", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "Sources/Tools/kvc-export", swiftSettings: swiftSettings),
+        .executableTarget(name: "kvc-collect", dependencies: [
+            "KVCCollector", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], path: "Sources/Tools/kvc-collect", swiftSettings: swiftSettings),
         .executableTarget(name: "kvc-bench", dependencies: [
-            "KVCTensor", "KVCBackbone", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "KVCTensor", "KVCBackbone", "KVCCollector", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "Sources/Tools/kvc-bench", swiftSettings: swiftSettings),
 
         .testTarget(name: "KVCCoreTests", dependencies: ["KVCCore"], swiftSettings: swiftSettings),
         .testTarget(name: "KVCCollectTests", dependencies: ["KVCCollect"], swiftSettings: swiftSettings),
+        .testTarget(name: "KVCCollectorTests", dependencies: ["KVCCollector"], swiftSettings: swiftSettings),
         .testTarget(name: "KVCCapsuleTests", dependencies: ["KVCCapsule"], swiftSettings: swiftSettings),
         .testTarget(name: "KVCTensorTests", dependencies: ["KVCTensor"], swiftSettings: swiftSettings),
         .testTarget(name: "KVCGGUFTests", dependencies: ["KVCGGUF"], resources: [.copy("Fixtures")], swiftSettings: swiftSettings),
