@@ -201,28 +201,3 @@ func stridedCopy(from src: UnsafePointer<Float>, strides: [Int], to dst: UnsafeM
         }
     }
 }
-
-/// The adjoint of `stridedCopy`: dst[Σ index·strides] += src[row-major over `shape`].
-func stridedScatterAdd(from src: UnsafePointer<Float>, to dst: UnsafeMutablePointer<Float>, strides: [Int], shape: [Int]) {
-    let total = shape.reduce(1, *)
-    if total == 0 { return }
-    let rank = shape.count
-    if rank == 0 { dst[0] += src[0]; return }
-    let inner = shape[rank - 1], innerStride = strides[rank - 1]
-    var index = [Int](repeating: 0, count: rank)
-    var s = 0
-    var d = 0
-    while s < total {
-        for j in 0..<inner { dst[d + j * innerStride] += src[s + j] }
-        s += inner
-        var axis = rank - 2
-        while axis >= 0 {
-            index[axis] += 1
-            d += strides[axis]
-            if index[axis] < shape[axis] { break }
-            d -= strides[axis] * shape[axis]
-            index[axis] = 0
-            axis -= 1
-        }
-    }
-}
