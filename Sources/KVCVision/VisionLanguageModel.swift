@@ -103,6 +103,9 @@ public final class VisionLanguageModel {
             self.cache = cache
             self.timing = timing
         }
+
+        /// Drops everything after the prefix (an earlier question and its answer).
+        public func rewind() { cache.trim(to: prefix.length) }
     }
 
     /// Runs the front end over `images` and prefills their prefix into `cache` (default: a fresh float16
@@ -136,8 +139,15 @@ public final class VisionLanguageModel {
     /// Answers `question` from a prefilled prefix: trims the cache back to the prefix (dropping an earlier
     /// question), then generates greedily. The timing counts this question only.
     public func answer(question: String, after prefilled: PrefilledPrefix) throws -> Answer {
-        prefilled.cache.trim(to: prefilled.prefix.length)
+        prefilled.rewind()
         return try generateAnswer(prompt: [.tokens(suffix(question: question))], cache: prefilled.cache)
+    }
+
+    /// Next-token logits where the answer to `question` starts, continuing from the prefix (what fidelity metrics
+    /// compare between caches: top-1 agreement, KL). Leaves the question in the cache.
+    public func firstAnswerLogits(question: String, after prefilled: PrefilledPrefix) throws -> [Float] {
+        prefilled.rewind()
+        return try backbone.model.forward(tokens: suffix(question: question), cache: prefilled.cache)
     }
 
     /// Answers one question about `images` with `cache` (default: a fresh float16 `PlainKVCache`).
