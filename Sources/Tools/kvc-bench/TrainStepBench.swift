@@ -80,7 +80,7 @@ struct TrainStepBench: ParsableCommand {
         let swiftBest = results[0].bestMs
         let f2: (Double?) -> String = { $0.map { String(format: "%.4f", $0) } ?? "-" }
         TensorBench.printTable(
-            header: ["implementation", "best", "median", "GFLOP/s (best)", "KVCTensor speed-up (best)", "loss first", "loss last"],
+            header: ["implementation", "best", "median", "GFLOP/s (best)", "time ÷ KVCTensor (best)", "loss first", "loss last"],
             rows: results.map { r in
                 [r.name, TensorBench.ms(r.bestMs), TensorBench.ms(r.medianMs), String(format: "%.1f", gflop / r.bestMs * 1e3),
                  String(format: "%.2fx", r.bestMs / swiftBest), f2(r.lossFirst), f2(r.lossLast)]
