@@ -17,6 +17,8 @@ public struct EasyVQAEvaluation {
         public var blind = false
         /// Name of the cache in the summary.
         public var cacheName = "full"
+        /// Where the front end came from, for the summary.
+        public var frontEndPath: String?
         /// Write progress with an ETA to stderr.
         public var progress = false
         /// Images run through the front end together.
@@ -49,6 +51,7 @@ public struct EasyVQAEvaluation {
         public var kv_bytes_full: Int
         /// Dataset entries (rows, images) that could not be used.
         public var skipped: Int
+        public var front_end: String?
     }
 
     public struct Result {
@@ -115,7 +118,7 @@ public struct EasyVQAEvaluation {
                               cache: options.cacheName, blind: options.blind,
                               questions_per_second: seconds > 0 ? Double(n) / seconds : 0, seconds: seconds,
                               kv_bytes: n > 0 ? bytes / n : 0, kv_bytes_full: n > 0 ? fullBytes / n : 0,
-                              skipped: split.skipped.count)
+                              skipped: split.skipped.count, front_end: options.frontEndPath)
         return Result(records: records.compactMap { $0 }, summary: summary, skipped: split.skipped)
     }
 }

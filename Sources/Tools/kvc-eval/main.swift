@@ -46,6 +46,7 @@ struct KVCEval: ParsableCommand {
             options.limit = limit
             options.blind = blind
             options.progress = !quiet
+            options.frontEndPath = frontEnd
             let result = try EasyVQAEvaluation(model: vlm, options: options).run(loaded)
             if let answers { try writeAnswers(result.records, to: answers) }
             try printSummary(result.summary)
@@ -69,7 +70,7 @@ struct KVCEval: ParsableCommand {
     private func printSummary(_ s: EasyVQAEvaluation.Summary) throws {
         if json {
             let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys]
+            encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
             print(String(decoding: try encoder.encode(s), as: UTF8.self))
         } else {
             print(String(format: "easy-vqa %@%@: accuracy %.4f on %d questions (cache %@), %.2f questions/s, "
