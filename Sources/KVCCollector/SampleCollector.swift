@@ -7,11 +7,12 @@ import KVCVision
 /// Runs the frozen VLM over one prompt and keeps what the capsule trainer needs: the vision span's keys and values
 /// exactly as the float16 `PlainKVCache` holds them, and the post-RoPE queries of the text after the last image.
 ///
-/// The prompt is the one `VisionLanguageModel` answers with (same pieces, same tokenization), followed by the
-/// first token of the expected answer (teacher forcing), all in one forward call: the queries of the question, of
-/// the assistant prompt and of the first answer token come out of that call through the decoder's query observer,
-/// so collecting costs one prefill plus copies. Keys of the vision span depend only on the positions before them,
-/// so they are the keys generation attends to, whatever follows.
+/// The forward calls are exactly those of generation (`VisionLanguageModel.answer` without a hook): the whole
+/// prompt (same pieces, same tokenization) in one prefill call, then one single-token step for the first answer
+/// token, here the expected answer's (teacher forcing, so the queries do not depend on how good the front end is).
+/// The decoder's query observer hands over the queries of both calls, so the stored keys, values and queries are
+/// bit for bit what generation computes and attends to (a batched call over a different number of rows may round
+/// differently, which is why the answer token is not simply appended to the prefill).
 public final class SampleCollector {
     public let vlm: VisionLanguageModel
     public var layout: CacheLayout {
@@ -49,8 +50,8 @@ public final class SampleCollector {
         let embeddings = vlm.frontEnd.embed(images)
         let t1 = DispatchTime.now()
         let prefix = vlm.prefix(imageEmbeddings: embeddings)
-        let suffix = vlm.suffix(question: question) + [answerToken]
-        let length = prefix.length + suffix.count
+        let suffix = vlm.suffix(question: question)
+        let length = prefix.length + suffix.count + 1
         guard length <= c.contextLength else {
             throw Unusable(reason: "prompt of \(length) tokens exceeds the context length of \(c.contextLength)")
         }
@@ -62,15 +63,20 @@ public final class SampleCollector {
         var queries = [UInt16](repeating: 0, count: c.layerCount * c.headCount * textCount * c.headDim)
         let logits = try queries.withUnsafeMutableBufferPointer { out -> [Float] in
             let base = out.baseAddress!
-            return try model.forward(prefix.pieces + [.tokens(suffix)], cache: cache, logits: .lastRows(2)) { layer, q, count, first in
+            let observe: LlamaModel.QueryObserver = { layer, q, count, first in
                 copyQueries(q, count: count, firstPosition: first, from: textStart, textCount: textCount,
                             layer: layer, config: c, into: base)
             }
+            let logits = try model.forward(prefix.pieces + [.tokens(suffix)], cache: cache, logits: .last,
+                                           observeQueries: observe)
+            _ = try model.forward(embeddings: model.embed(tokens: [answerToken]), cache: cache, logits: .none,
+                                  observeQueries: observe)
+            return logits
         }
         let t2 = DispatchTime.now()
         let vision = prefix.visionPositions
         let (keys, values) = visionSpan(of: cache, grids: prefix.grids, count: vision.count, config: c)
-        let predicted = argmax(logits.prefix(c.vocabularySize))
+        let predicted = argmax(logits)
         var info = info
         info["question"] = question
         info["answer"] = answer
