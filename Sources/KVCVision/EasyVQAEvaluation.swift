@@ -45,6 +45,11 @@ public struct EasyVQAEvaluation {
         public var blind: Bool
         public var questions_per_second: Double
         public var seconds: Double
+        /// Where the time went (totals): front end over all images, image prefixes, question prefills, decoding.
+        public var seconds_front_end: Double
+        public var seconds_prefix: Double
+        public var seconds_question: Double
+        public var seconds_decode: Double
         /// Mean bytes the cache held at the end of a question (prefix, question and answer).
         public var kv_bytes: Int
         /// Mean bytes a full float16 cache holds for the same positions.
@@ -90,20 +95,26 @@ public struct EasyVQAEvaluation {
                              unit: "questions", enabled: options.progress)
         var records = [Record?](repeating: nil, count: questions.count)
         var correct = 0, bytes = 0, fullBytes = 0
+        var frontEndSeconds = 0.0, prefixSeconds = 0.0, questionSeconds = 0.0, decodeSeconds = 0.0
         let start = DispatchTime.now()
         for chunk in stride(from: 0, to: order.count, by: max(1, options.frontEndBatch)) {
             let ids = Array(order[chunk..<min(chunk + max(1, options.frontEndBatch), order.count)])
             let images = ids.map { split.images.image(row: split.images.row(of: $0)!) }
+            let t0 = DispatchTime.now()
             let embeddings = options.blind ? ids.map { _ in [Float]() } : model.frontEnd.embed(images)
+            frontEndSeconds += Double(DispatchTime.now().uptimeNanoseconds - t0.uptimeNanoseconds) / 1e9
             for (id, embedding) in zip(ids, embeddings) {
                 let prefilled = try model.prefill(imageEmbeddings: embedding.isEmpty ? [] : [embedding],
                                                   cache: makeCache(), afterPrefill: afterPrefill)
+                prefixSeconds += prefilled.timing.prefillSeconds
                 for i in byImage[id]! {
                     let q = questions[i]
                     let answer = try model.answer(question: q.text, after: prefilled)
                     let record = Record(image: "\(split.split.rawValue)/images/\(id).png", question: q.text,
                                         expected: q.answer, answer: answer.text)
                     records[i] = record
+                    questionSeconds += answer.timing.prefillSeconds
+                    decodeSeconds += answer.timing.decodeSeconds
                     if record.correct { correct += 1 }
                     bytes += storedBytes(prefilled.cache)
                     fullBytes += prefilled.cache.length * fullBytesPerPosition
@@ -117,6 +128,8 @@ public struct EasyVQAEvaluation {
         let summary = Summary(split: split.split.rawValue, n: n, accuracy: n > 0 ? Double(correct) / Double(n) : 0,
                               cache: options.cacheName, blind: options.blind,
                               questions_per_second: seconds > 0 ? Double(n) / seconds : 0, seconds: seconds,
+                              seconds_front_end: frontEndSeconds, seconds_prefix: prefixSeconds,
+                              seconds_question: questionSeconds, seconds_decode: decodeSeconds,
                               kv_bytes: n > 0 ? bytes / n : 0, kv_bytes_full: n > 0 ? fullBytes / n : 0,
                               skipped: split.skipped.count, front_end: options.frontEndPath)
         return Result(records: records.compactMap { $0 }, summary: summary, skipped: split.skipped)

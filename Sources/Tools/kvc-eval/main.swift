@@ -13,6 +13,10 @@ struct KVCEval: ParsableCommand {
             kvc-eval --task easy-vqa --split test --blind --json     (blind baseline: no image tokens)
             Prints one summary line; with --json it is JSON:
             {"task":"easy-vqa","split":"test","n":...,"accuracy":...,"cache":"full","questions_per_second":...,...}
+            kv_bytes / kv_bytes_full: mean bytes the cache / a full float16 cache held at the end of a question;
+            seconds_*: where the time went (front end, image prefixes, question prefills, decoding);
+            skipped: dataset entries that could not be used (each is listed on stderr).
+            Each image's prefix is prefilled once and shared by its questions (the cache is trimmed back to it).
             """)
 
     @Option(help: "Benchmark (only easy-vqa).") var task = "easy-vqa"
