@@ -24,7 +24,7 @@ struct KVCEval: ParsableCommand {
     @Option(help: "Evaluate the first N usable questions (default: all).") var limit: Int?
     @Option(help: "Write one JSON line per question (image, question, expected, answer) to this file.") var answers: String?
     @Flag(help: "Print the summary as JSON.") var json = false
-    @Option(name: .customLong("front-end"), help: "Front-end checkpoint (default: checkpoints/frontend-easyvqa.safetensors).")
+    @Option(name: .customLong("front-end"), help: "Front-end checkpoint.")
     var frontEnd = "checkpoints/frontend-easyvqa.safetensors"
     @Option(help: "GGUF model file (default: the project's SmolLM2 asset).") var model: String?
     @Option(help: "easy-VQA directory (default: the project's asset).") var data: String?
