@@ -45,7 +45,11 @@ struct CollectCommand: ParsableCommand {
     func run() throws {
         do {
             let modelPath = try Assets.require(model ?? Assets.smolLM2GGUF)
-            let frontEndPath = try Assets.require(frontEnd)
+            guard FileManager.default.fileExists(atPath: frontEnd) else {
+                throw KVCError.file(frontEnd, "front-end checkpoint not found; train one (kvc-train recipes/frontend-easyvqa.yaml) "
+                                    + "or pass --front-end PATH")
+            }
+            let frontEndPath = frontEnd
             let print = { (s: String) in FileHandle.standardError.write(Data("kvc-collect: \(s)\n".utf8)) }
             let vlm = try VisionLanguageModel.load(modelPath: modelPath, frontEndPath: frontEndPath)
             if let threads { vlm.backbone.model.threads = threads }
