@@ -68,6 +68,53 @@ enum AttentionKernel {
         }
     }
 
+    /// Three query heads per key/value head (SmolLM2's grouping), head dim a multiple of 16: each key row is
+    /// converted once for the three queries, and the value pass keeps its accumulators in registers, two 8-wide
+    /// column chunks at a time over all rows.
+    @inline(__always)
+    private static func decodeGroupOfThree<Rows: KVRows>(_ keys: Rows, _ values: Rows, h: Int, query: UnsafePointer<Float>,
+                                                         n: Int, headDim: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
+                                                         output: UnsafeMutablePointer<Float>) {
+        let chunks = headDim / 8
+        let q = query + h * 3 * headDim
+        @inline(__always) func load(_ p: UnsafePointer<Float>) -> SIMD8<Float> {
+            UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self)
+        }
+        for j in 0..<n {
+            let row = j * headDim
+            var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>()
+            for c in 0..<chunks {
+                let k = keys.load8(row + 8 * c)
+                a0.addProduct(k, load(q + 8 * c))
+                a1.addProduct(k, load(q + headDim + 8 * c))
+                a2.addProduct(k, load(q + 2 * headDim + 8 * c))
+            }
+            scores[j] = a0.sum() * scale
+            scores[n + j] = a1.sum() * scale
+            scores[2 * n + j] = a2.sum() * scale
+        }
+        for g in 0..<3 { softmax(scores + g * n, count: n) }
+        let out = output + h * 3 * headDim
+        var c = 0
+        while c < chunks {
+            var o00 = SIMD8<Float>(), o01 = SIMD8<Float>(), o10 = SIMD8<Float>()
+            var o11 = SIMD8<Float>(), o20 = SIMD8<Float>(), o21 = SIMD8<Float>()
+            for j in 0..<n {
+                let v0 = values.load8(j * headDim + 8 * c), v1 = values.load8(j * headDim + 8 * c + 8)
+                let p0 = scores[j], p1 = scores[n + j], p2 = scores[2 * n + j]
+                o00.addProduct(p0, v0); o01.addProduct(p0, v1)
+                o10.addProduct(p1, v0); o11.addProduct(p1, v1)
+                o20.addProduct(p2, v0); o21.addProduct(p2, v1)
+            }
+            for (g, pair) in [(o00, o01), (o10, o11), (o20, o21)].enumerated() {
+                let o = UnsafeMutableRawPointer(out + g * headDim + 8 * c)
+                o.storeBytes(of: pair.0, as: SIMD8<Float>.self)
+                (o + 32).storeBytes(of: pair.1, as: SIMD8<Float>.self)
+            }
+            c += 2
+        }
+    }
+
     @inline(__always)
     private static func decodeHead<Rows: KVRows>(_ keys: Rows, _ values: Rows, h: Int, group: Int, query: UnsafePointer<Float>,
                                                  n: Int, headDim: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
@@ -78,6 +125,11 @@ enum AttentionKernel {
             for d in 0..<headDim { output[hq * headDim + d] = 0 }
         }
         guard n > 0 else { return }
+        if group == 3 && headDim % 16 == 0 {
+            decodeGroupOfThree(keys, values, h: h, query: query, n: n, headDim: headDim, scale: scale, scores: scores,
+                               output: output)
+            return
+        }
         // Scores of the group's queries against each key (each key row is read once for all of them).
         for j in 0..<n {
             let row = j * headDim
