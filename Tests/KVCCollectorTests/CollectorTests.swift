@@ -232,3 +232,41 @@ final class CollectorTests: XCTestCase {
         XCTAssertTrue(s.info["question"]!.hasPrefix("In image \(plan.items[0].targetImage + 1), "), s.info["question"]!)
     }
 }
+
+/// A shard written by another framework through scripts/reference/write_cache_shard.py is read by the Swift side.
+final class ForeignShardTests: XCTestCase {
+    func testShardWrittenByPythonIsReadBySwift() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .appendingPathComponent("../../scripts/reference/write_cache_shard.py").standardized.path
+        let proc = Process()
+        proc.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        proc.arguments = ["python3", script, dir + "/" + CacheShard.fileName(index: 0), "--demo", "7"]
+        let pipe = Pipe()
+        proc.standardOutput = pipe
+        proc.standardError = FileHandle.nullDevice
+        do { try proc.run() } catch { throw XCTSkip("python3 not available") }
+        let output = pipe.fileHandleForReading.readDataToEndOfFile()
+        proc.waitUntilExit()
+        guard proc.terminationStatus == 0 else { throw XCTSkip("python3 with numpy not available") }
+        let sums = try XCTUnwrap(try JSONSerialization.jsonObject(with: output) as? [[String: Double]])
+
+        let manifest = try CacheManifest.build(directory: dir, source: ["task": "python-demo"])
+        try manifest.write(directory: dir)
+        XCTAssertEqual(manifest.fingerprint, "python-demo")
+        XCTAssertEqual(manifest.layout, CacheLayout(layers: 2, kvHeads: 3, queryHeads: 9, headDim: 4))
+        XCTAssertEqual(manifest.skipped, [.init(id: "demo/9", reason: "left out on purpose")])
+        var read: [CacheSample] = []
+        try CacheStore(directory: dir, verifyChecksums: true).forEachSample { read.append($0) }
+        XCTAssertEqual(read.map(\.id), ["demo/0", "demo/1"])
+        XCTAssertEqual(read.map(\.visionCount), [4, 6])
+        XCTAssertEqual(read[1].textPositions, [13])
+        XCTAssertEqual(read[0].info, ["source": "python"])
+        func sum(_ bits: [UInt16]) -> Double { HalfConversion.halfToFloat(bits).reduce(0.0) { $0 + Double($1) } }
+        for (s, p) in zip(read, sums) {
+            XCTAssertEqual(sum(s.keys), try XCTUnwrap(p["keys"]), accuracy: 1e-9)
+            XCTAssertEqual(sum(s.values), try XCTUnwrap(p["values"]), accuracy: 1e-9)
+            XCTAssertEqual(sum(s.queries), try XCTUnwrap(p["queries"]), accuracy: 1e-9)
+        }
+    }
+}
