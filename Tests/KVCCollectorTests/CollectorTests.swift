@@ -200,7 +200,8 @@ final class CollectorTests: XCTestCase {
         bad.index = 1
         bad.id = "train/broken"
         bad.imagePaths = [broken]
-        let plan = CollectionPlan(items: [good.items[0], bad], samplesPerShard: 2)
+        // One item per shard: the second shard holds nothing but the skip.
+        let plan = CollectionPlan(items: [good.items[0], bad], samplesPerShard: 1)
         let out = dir + "/out"
         let summary = try collect(plan, into: out)
         XCTAssertEqual(summary.samplesWritten, 1)
@@ -208,7 +209,9 @@ final class CollectorTests: XCTestCase {
         XCTAssertTrue(summary.skipped[0].reason.contains("image unreadable") && summary.skipped[0].reason.contains("broken.png"),
                       summary.skipped[0].reason)
         XCTAssertEqual(summary.manifest?.skipped, summary.skipped)
-        // The shard covers both items, so a rerun does not try the broken one again.
+        XCTAssertEqual(summary.manifest?.shards.map(\.samples), [1, 0])
+        XCTAssertEqual(summary.manifest?.sampleCount, 1)
+        // The skip is recorded in a complete shard, so a rerun does not try the broken image again.
         XCTAssertEqual(try collect(plan, into: out).shardsWritten, [])
     }
 
