@@ -125,9 +125,14 @@ public final class CacheCollector {
         }
         summary.seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
         summary.timing = sampleCollector.timing
-        let manifest = try CacheManifest.build(directory: directory, source: source)
-        try manifest.write(directory: directory)
-        summary.manifest = manifest
+        // A `--shard i/n` process with no shard of its own (more processes than shards) leaves nothing to describe.
+        let anyShard = (try? FileManager.default.contentsOfDirectory(atPath: directory))?
+            .contains { $0.hasPrefix("shard-") && $0.hasSuffix(".safetensors") } ?? false
+        if anyShard {
+            let manifest = try CacheManifest.build(directory: directory, source: source)
+            try manifest.write(directory: directory)
+            summary.manifest = manifest
+        }
         return summary
     }
 
