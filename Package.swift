@@ -76,7 +76,7 @@ let package = Package(
             "KVCVision", "KVCCapsule", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "Sources/Tools/kvc-train", swiftSettings: swiftSettings),
         .executableTarget(name: "kvc-eval", dependencies: [
-            "KVCVision", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "KVCVision", "KVCCapsule", "KVCCollector", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "Sources/Tools/kvc-eval", swiftSettings: swiftSettings),
         .executableTarget(name: "kvc-export", dependencies: [
             "KVCCapsule", .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -88,12 +88,32 @@ public final class CapsuleCache: KVCache {
 
     // MARK: Compression
 
-    /// Compresses the vision tokens at `visionPositions` (the grids tile them in order) in every layer.
+    /// Compresses images whose grids are given by prompt position (`start` = position of the top-left token, tokens
+    /// row-major and contiguous), as `VisionLanguageModel.Prefix` describes them.
+    public func compress(imageGridsAtPositions grids: [ImageGrid]) throws {
+        var cursor = 0, spanGrids: [ImageGrid] = [], positions: [Int32] = []
+        for g in grids {
+            spanGrids.append(ImageGrid(start: cursor, rows: g.rows, cols: g.cols))
+            positions += (g.start..<(g.start + g.count)).map { Int32($0) }
+            cursor += g.count
+        }
+        try compress(grids: spanGrids, visionPositions: positions)
+    }
+
+    /// Compresses the vision tokens at `visionPositions` in every layer; `grids` tile the span in order, with `start`
+    /// an index into the span (as in `CacheSample`).
     public func compress(grids: [ImageGrid], visionPositions: [Int32]) throws {
         precondition(capsule == nil, "CapsuleCache.compress: already compressed")
         let n = visionPositions.count
-        guard n == grids.reduce(0, { $0 + $1.count }), n > 0 else {
-            throw KVCError("capsule: \(n) vision positions for grids covering \(grids.reduce(0) { $0 + $1.count }) tokens")
+        var cursor = 0
+        for g in grids {
+            guard g.start == cursor, g.rows > 0, g.cols > 0 else {
+                throw KVCError("capsule: grid \(g) does not continue the vision span at index \(cursor) (grids index the span)")
+            }
+            cursor += g.count
+        }
+        guard n == cursor, n > 0 else {
+            throw KVCError("capsule: \(n) vision positions for grids covering \(cursor) tokens")
         }
         let plan = settings.budget.plan(tokens: n, headDim: headDim)
         let keep = settings.policy.mask(grids: grids, kept: plan.keptKeys)

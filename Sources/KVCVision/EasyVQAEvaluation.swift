@@ -57,6 +57,11 @@ public struct EasyVQAEvaluation {
         /// Dataset entries (rows, images) that could not be used.
         public var skipped: Int
         public var front_end: String?
+        /// With a compressing cache: its nominal ratio, and the mean bytes of the vision span it held next to what a
+        /// full float16 cache holds for the same span.
+        public var ratio: Double?
+        public var kv_bytes_vision: Int?
+        public var kv_bytes_vision_full: Int?
     }
 
     public struct Result {
@@ -73,6 +78,8 @@ public struct EasyVQAEvaluation {
     public var afterPrefill: ((KVCache, VisionLanguageModel.Prefix) throws -> Void)?
     /// Bytes a cache holds, for `kv_bytes` (default: a `PlainKVCache`'s stored positions, else `residentBytes`).
     public var storedBytes: (KVCache) -> Int = { ($0 as? PlainKVCache)?.storedBytes ?? $0.residentBytes }
+    /// For a compressing cache: (nominal ratio, bytes of the vision span held, full float16 bytes of that span).
+    public var visionBytes: ((KVCache) -> (ratio: Double, held: Int, full: Int))?
 
     public init(model: VisionLanguageModel, options: Options = Options()) {
         self.model = model
@@ -94,7 +101,8 @@ public struct EasyVQAEvaluation {
         let meter = Progress("easy-VQA \(split.split.rawValue)\(options.blind ? " (blind)" : "")", total: questions.count,
                              unit: "questions", enabled: options.progress)
         var records = [Record?](repeating: nil, count: questions.count)
-        var correct = 0, bytes = 0, fullBytes = 0
+        var correct = 0, bytes = 0, fullBytes = 0, visionHeld = 0, visionFull = 0
+        var ratio: Double?
         var frontEndSeconds = 0.0, prefixSeconds = 0.0, questionSeconds = 0.0, decodeSeconds = 0.0
         let start = DispatchTime.now()
         for chunk in stride(from: 0, to: order.count, by: max(1, options.frontEndBatch)) {
@@ -118,6 +126,11 @@ public struct EasyVQAEvaluation {
                     if record.correct { correct += 1 }
                     bytes += storedBytes(prefilled.cache)
                     fullBytes += prefilled.cache.length * fullBytesPerPosition
+                    if let v = visionBytes?(prefilled.cache) {
+                        ratio = v.ratio
+                        visionHeld += v.held
+                        visionFull += v.full
+                    }
                     onRecord?(record)
                     meter.advance(status: String(format: "accuracy %.3f", Double(correct) / Double(meter.done + 1)))
                 }
@@ -125,13 +138,18 @@ public struct EasyVQAEvaluation {
         }
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
         let n = questions.count
-        let summary = Summary(split: split.split.rawValue, n: n, accuracy: n > 0 ? Double(correct) / Double(n) : 0,
+        var summary = Summary(split: split.split.rawValue, n: n, accuracy: n > 0 ? Double(correct) / Double(n) : 0,
                               cache: options.cacheName, blind: options.blind,
                               questions_per_second: seconds > 0 ? Double(n) / seconds : 0, seconds: seconds,
                               seconds_front_end: frontEndSeconds, seconds_prefix: prefixSeconds,
                               seconds_question: questionSeconds, seconds_decode: decodeSeconds,
                               kv_bytes: n > 0 ? bytes / n : 0, kv_bytes_full: n > 0 ? fullBytes / n : 0,
                               skipped: split.skipped.count, front_end: options.frontEndPath)
+        if let ratio, n > 0 {
+            summary.ratio = ratio
+            summary.kv_bytes_vision = visionHeld / n
+            summary.kv_bytes_vision_full = visionFull / n
+        }
         return Result(records: records.compactMap { $0 }, summary: summary, skipped: split.skipped)
     }
 }

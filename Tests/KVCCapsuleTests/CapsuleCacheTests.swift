@@ -51,6 +51,20 @@ final class CapsuleCacheTests: XCTestCase {
         return try [11, 22, 33].map { try model.forward(tokens: [$0], cache: cache) }
     }
 
+    func testGridsByPromptPositionAreRebasedAndBadGridsRefused() throws {
+        let model = try realModel()
+        let settings = CapsuleSettings(budget: CapsuleBudget(ratio: 0.6, keyRatio: 0.5), keys: .nearest)
+        let cache = CapsuleCache(config: model.config, rope: model.rope, settings: settings)
+        _ = try model.forward(tokens: prompt, cache: cache)
+        // Span-indexed grids must start at 0: a prompt position is refused with the reason, not a crash.
+        XCTAssertThrowsError(try cache.compress(grids: [ImageGrid(start: visionStart, rows: 8, cols: 8)],
+                                                visionPositions: visionPositions)) {
+            XCTAssertTrue("\($0)".contains("does not continue the vision span"), "\($0)")
+        }
+        try cache.compress(imageGridsAtPositions: [ImageGrid(start: visionStart, rows: 8, cols: 8)])
+        XCTAssertEqual(cache.visionBytesFull, 64 * 30 * 3 * 64 * 2 * 2)
+    }
+
     func testRatioZeroReproducesTheFullCache() throws {
         let model = try realModel()
         let full = try decode(model, cache: model.makeCache())

@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
 import KVCCore
+import KVCCapsule
+import KVCCollector
 import KVCVision
 
 /// Accuracy of the VLM on easy-VQA: a thin command over `EasyVQAEvaluation`.
@@ -31,6 +33,8 @@ struct KVCEval: ParsableCommand {
     @Flag(help: "Blind baseline: the same model with the image tokens left out of the prompt.") var blind = false
     @Option(help: "Decoder threads (default: all cores).") var threads: Int?
     @Flag(help: "No progress on stderr.") var quiet = false
+    @Option(help: "A .kvcap capsule adapter: answer from the compressed cache (its vision span is compressed after prefill).")
+    var adapter: String?
 
     func validate() throws {
         if task != "easy-vqa" { throw ValidationError("--task: only 'easy-vqa' is supported, not '\(task)'") }
@@ -51,7 +55,25 @@ struct KVCEval: ParsableCommand {
             options.blind = blind
             options.progress = !quiet
             options.frontEndPath = frontEnd
-            let result = try EasyVQAEvaluation(model: vlm, options: options).run(loaded)
+            var evaluation = EasyVQAEvaluation(model: vlm, options: options)
+            if let adapter {
+                let modelPath = model ?? Assets.smolLM2GGUF
+                let fingerprint = try CacheCollector.fingerprint(modelPath: modelPath, frontEndPath: frontEnd).fingerprint
+                let config = vlm.backbone.model.config, rope = vlm.backbone.model.rope
+                let settings = try CapsuleAdapter.load(path: adapter, config: config, fingerprint: fingerprint).settings
+                evaluation.options.cacheName = "capsule"
+                evaluation.makeCache = { CapsuleCache(config: config, rope: rope, settings: settings) }
+                evaluation.afterPrefill = { cache, prefix in
+                    guard !prefix.grids.isEmpty, let capsule = cache as? CapsuleCache else { return }
+                    try capsule.compress(imageGridsAtPositions: prefix.grids)
+                }
+                evaluation.storedBytes = { ($0 as? CapsuleCache).map { $0.textBytes + $0.visionBytes } ?? $0.residentBytes }
+                evaluation.visionBytes = { cache in
+                    let c = cache as? CapsuleCache
+                    return (settings.budget.ratio, c?.visionBytes ?? 0, c?.visionBytesFull ?? 0)
+                }
+            }
+            let result = try evaluation.run(loaded)
             if let answers { try writeAnswers(result.records, to: answers) }
             try printSummary(result.summary)
         } catch let error as KVCError {
