@@ -52,8 +52,8 @@ public struct CapsuleRecipe {
     public func run(ropeBase: Double, log: (String) -> Void = { print($0) }) throws {
         let store = try CacheStore(directory: caches, verifyChecksums: true)
         let m = store.manifest
-        log("capsule r=\(fit.budget.ratio) (keys \(fit.budget.keyRatio), values \(fit.budget.valueRatio)) on \(m.sampleCount) "
-            + "cached samples from \(caches)")
+        log(String(format: "capsule r=%.2f (keys %.2f, values %.2f) on %d cached samples from %@", fit.budget.ratio,
+                   fit.budget.keyRatio, fit.budget.valueRatio, m.sampleCount, caches))
         let (model, layers) = try fit.run(store: store, ropeBase: ropeBase)
         let settings = CapsuleSettings(budget: fit.budget, policy: fit.policy, neighbours: fit.neighbours,
                                        keys: reconstructor == "linear" ? .linear(model) : .nearest)
