@@ -239,12 +239,7 @@ public final class CapsuleCache: KVCache {
                                   positions: capsule.positions, into: &dropped)
             }
         case .nearest:
-            for (t, j) in nb.dropped.enumerated() {
-                guard let first = nb.neighbours[t].first else { continue }
-                let delta = Int(capsule.positions[j]) - Int(capsule.positions[nb.retained[first]])
-                let rotated = rope.rotate(Array(kept[(first * d)..<((first + 1) * d)]), position: delta)
-                for e in 0..<d { dropped[t * d + e] = rotated[e] }
-            }
+            dropped = nb.nearestCopy(retainedKeys: kept, positions: capsule.positions, rope: rope)
         case .evict:
             break
         }

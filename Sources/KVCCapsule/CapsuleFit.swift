@@ -103,12 +103,11 @@ public struct CapsuleFit {
                     model.reconstruct(layer: l, head: h, neighbours: nb, retainedKeys: $0.baseAddress!,
                                       positions: s.visionPositions, into: &dropped)
                 }
+                let copied = nb.nearestCopy(retainedKeys: retained, positions: s.visionPositions, rope: rope)
                 for (i, j) in nb.dropped.enumerated() {
-                    for e in 0..<d { linear[j * d + e] = dropped[i * d + e] }
-                    if let first = nb.neighbours[i].first {
-                        let delta = Int(s.visionPositions[j]) - Int(s.visionPositions[nb.retained[first]])
-                        let r = rope.rotate(Array(retained[(first * d)..<((first + 1) * d)]), position: delta)
-                        for e in 0..<d { nearest[j * d + e] = r[e] }
+                    for e in 0..<d {
+                        linear[j * d + e] = dropped[i * d + e]
+                        nearest[j * d + e] = copied[i * d + e]
                     }
                     for e in 0..<d {
                         let x = Double(trueKeys[j * d + e])

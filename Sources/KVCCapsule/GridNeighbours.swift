@@ -1,3 +1,4 @@
+import KVCBackbone
 import KVCCollect
 
 /// For every dropped token, its nearest retained tokens in the same image: the inputs its key is rebuilt from.
@@ -56,5 +57,22 @@ public struct GridNeighbours: Sendable {
         self.retained = retained
         self.neighbours = neighbours
         self.offsets = offsets
+    }
+}
+
+extension GridNeighbours {
+    /// The nearest-neighbour baseline: each dropped key is its nearest retained neighbour's key, re-rotated by the
+    /// position offset to the dropped token's position. `retainedKeys` is `[retained, headDim]` (rotated);
+    /// returns `[dropped, headDim]` (zeros for a token without neighbours).
+    public func nearestCopy(retainedKeys: [Float], positions: [Int32], rope: RotaryEmbedding) -> [Float] {
+        let d = rope.headDim
+        var out = [Float](repeating: 0, count: dropped.count * d)
+        for (t, j) in dropped.enumerated() {
+            guard let first = neighbours[t].first else { continue }
+            let delta = Int(positions[j]) - Int(positions[retained[first]])
+            let rotated = rope.rotate(Array(retainedKeys[(first * d)..<((first + 1) * d)]), position: delta)
+            for e in 0..<d { out[t * d + e] = rotated[e] }
+        }
+        return out
     }
 }
