@@ -95,14 +95,3 @@ public struct FrontEndRecipe {
         log("front end written to \(output)")
     }
 }
-
-private func meanRowNorm(_ m: Tensor) -> Float {
-    let cols = m.shape[m.rank - 1], rows = m.count / cols
-    var total: Double = 0
-    for r in 0..<rows {
-        var s: Float = 0
-        for j in 0..<cols { s += m.data[r * cols + j] * m.data[r * cols + j] }
-        total += Double(s.squareRoot())
-    }
-    return Float(total / Double(max(rows, 1)))
-}

@@ -26,15 +26,19 @@ public final class Projector: Module {
     /// Sets `outputScale` so the mean row norm of `self(sample)` equals `targetNorm`.
     public func calibrate(on sample: Tensor, targetNorm: Float) {
         outputScale = 1
-        let y = Tensor.withNoGrad { self(sample) }
-        let dim = y.shape[y.rank - 1], rows = y.count / dim
-        var total: Double = 0
-        for r in 0..<rows {
-            var s: Float = 0
-            for j in 0..<dim { s += y.data[r * dim + j] * y.data[r * dim + j] }
-            total += Double(s.squareRoot())
-        }
-        let mean = Float(total / Double(max(rows, 1)))
+        let mean = meanRowNorm(Tensor.withNoGrad { self(sample) })
         outputScale = mean > 0 ? targetNorm / mean : 1
     }
+}
+
+/// Mean L2 norm of the rows (last axis) of `m`.
+func meanRowNorm(_ m: Tensor) -> Float {
+    let cols = m.shape[m.rank - 1], rows = m.count / max(cols, 1)
+    var total: Double = 0
+    for r in 0..<rows {
+        var s: Float = 0
+        for j in 0..<cols { s += m.data[r * cols + j] * m.data[r * cols + j] }
+        total += Double(s.squareRoot())
+    }
+    return Float(total / Double(max(rows, 1)))
 }
