@@ -38,7 +38,7 @@ enum AttentionKernel {
                 }
                 if workers > 1 {
                     let perWorker = (kvHeadCount + workers - 1) / workers
-                    DispatchQueue.concurrentPerform(iterations: workers) { w in
+                    DecodeThreadPool.shared(threads: threads).run(chunks: workers) { w in
                         for h in (w * perWorker)..<min(kvHeadCount, (w + 1) * perWorker) { perform(h) }
                     }
                 } else {

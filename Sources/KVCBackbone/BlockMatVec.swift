@@ -1,4 +1,3 @@
-import Dispatch
 import KVCCore
 import KVCGGUF
 #if arch(x86_64)
@@ -33,11 +32,11 @@ enum BlockMatVec {
             rows(w, 0..<w.rows, x: x, blockSums: sums, y: y)
             return
         }
-        // Several chunks per thread, handed out dynamically by GCD (the calling thread takes part): when one thread
+        // Several chunks per thread, handed out dynamically (the calling thread takes part): when one thread
         // is descheduled, the other takes its share instead of waiting for it.
         let chunks = min(threads * chunksPerThread, w.rows / 64)
         let chunk = (w.rows + chunks - 1) / chunks
-        DispatchQueue.concurrentPerform(iterations: chunks) { t in
+        DecodeThreadPool.shared(threads: threads).run(chunks: chunks) { t in
             let lo = t * chunk, hi = min(w.rows, lo + chunk)
             if lo < hi { rows(w, lo..<hi, x: x, blockSums: sums, y: y) }
         }
