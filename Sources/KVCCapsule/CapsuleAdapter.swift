@@ -41,11 +41,15 @@ public struct CapsuleAdapter {
         var policy: String
         var neighbours: Int
         var keys: String
+        /// Absent in adapters written before int8 storage existed: float16.
+        var keyDtype: StoragePrecision?
+        var valueDtype: StoragePrecision?
         var configurations: [[GridNeighbours.Offset]]
         var recipe: String
         enum CodingKeys: String, CodingKey {
             case kind, fingerprint, layers, kvHeads = "kv_heads", headDim = "head_dim", ropeBase = "rope_base", ratio
             case keyRatio = "key_ratio", policy, neighbours, keys, configurations, recipe
+            case keyDtype = "key_dtype", valueDtype = "value_dtype"
         }
     }
 
@@ -81,7 +85,8 @@ public struct CapsuleAdapter {
         }
         let header = Header(fingerprint: fingerprint, layers: layers, kvHeads: kvHeads, headDim: headDim, ropeBase: ropeBase,
                             ratio: settings.budget.ratio, keyRatio: settings.budget.keyRatio, policy: settings.policy.rawValue,
-                            neighbours: settings.neighbours, keys: keysName, configurations: configurations, recipe: recipe)
+                            neighbours: settings.neighbours, keys: keysName, keyDtype: settings.budget.keyPrecision,
+                            valueDtype: settings.budget.valuePrecision, configurations: configurations, recipe: recipe)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         writer.metadata["kvcapsule"] = String(decoding: try encoder.encode(header), as: UTF8.self)
@@ -150,7 +155,9 @@ public struct CapsuleAdapter {
         }
         return CapsuleAdapter(fingerprint: h.fingerprint, layers: h.layers, kvHeads: h.kvHeads, headDim: h.headDim,
                               ropeBase: h.ropeBase,
-                              settings: CapsuleSettings(budget: CapsuleBudget(ratio: h.ratio, keyRatio: h.keyRatio), policy: policy,
+                              settings: CapsuleSettings(budget: CapsuleBudget(ratio: h.ratio, keyRatio: h.keyRatio,
+                                                                              keyPrecision: h.keyDtype ?? .float16,
+                                                                              valuePrecision: h.valueDtype ?? .float16), policy: policy,
                                                         neighbours: h.neighbours, keys: keys),
                               recipe: h.recipe)
     }

@@ -3,28 +3,42 @@
 /// The full cache stores K and V of the vision span in float16: `2 x N x d x 2` bytes per layer and KV head.
 /// A ratio `r` removes that fraction of those bytes. Keys and values are the same size in the full cache, so a split
 /// is one number: the keys' own ratio `rK`; the values then get `rV = 2r - rK`, which keeps the total at `r`.
-/// Keys keep `round((1 - rK) N)` tokens; values get the largest PCA rank whose coefficients, basis and mean fit their budget.
+/// Keys keep `round((1 - rK) N)` float16 tokens, or as many int8 tokens as fit the same bytes with their per-channel
+/// scales; values get the largest PCA rank whose coefficients, basis and mean (and int8 scales) fit their budget.
 public struct CapsuleBudget: Equatable, Codable, Sendable {
     public var ratio: Double
     public var keyRatio: Double
+    public var keyPrecision: StoragePrecision
+    public var valuePrecision: StoragePrecision
 
-    public init(ratio: Double, keyRatio: Double) {
+    public init(ratio: Double, keyRatio: Double, keyPrecision: StoragePrecision = .float16,
+                valuePrecision: StoragePrecision = .float16) {
         self.ratio = ratio
         self.keyRatio = keyRatio
+        self.keyPrecision = keyPrecision
+        self.valuePrecision = valuePrecision
     }
 
     public var valueRatio: Double { 2 * ratio - keyRatio }
 
     /// The sizes for one span of `tokens` vectors of `headDim`.
     public func plan(tokens n: Int, headDim d: Int) -> SpanPlan {
-        let keptKeys = min(n, max(1, Int((Double(n) * (1 - keyRatio)).rounded())))
-        let valueBudget = (1 - valueRatio) * Double(n * d)   // in float16 elements
-        // A budget that holds the raw float16 values keeps them exactly; otherwise factors cost (n + d) q + d halves.
-        if valueBudget >= Double(n * d) {
-            return SpanPlan(tokens: n, headDim: d, keptKeys: keptKeys, valueRank: nil)
+        let keptKeys: Int
+        switch keyPrecision {
+        case .float16: keptKeys = Int((Double(n) * (1 - keyRatio)).rounded())
+        case .int8:    // d bytes per key plus the per-channel scales, 2d bytes once
+            keptKeys = Int((((1 - keyRatio) * Double(2 * n * d) - Double(2 * d)) / Double(d)).rounded(.down))
         }
-        let rank = Int(((valueBudget - Double(d)) / Double(n + d)).rounded(.down))
-        return SpanPlan(tokens: n, headDim: d, keptKeys: keptKeys, valueRank: max(0, min(rank, min(n, d))))
+        let valueBudget = (1 - valueRatio) * Double(2 * n * d)   // bytes
+        func plan(_ rank: Int?) -> SpanPlan {
+            SpanPlan(tokens: n, headDim: d, keptKeys: min(n, max(1, keptKeys)), valueRank: rank, keyPrecision: keyPrecision,
+                     valuePrecision: valuePrecision)
+        }
+        // A budget that holds the raw float16 values keeps them exactly; otherwise the factors' bytes decide the rank.
+        if valueBudget >= Double(2 * n * d) { return plan(nil) }
+        let perRank = valuePrecision == .float16 ? 2 * (n + d) : n + d + 4   // int8: two float16 scales per component
+        let rank = Int(((valueBudget - Double(2 * d)) / Double(perRank)).rounded(.down))
+        return plan(max(0, min(rank, min(n, d))))
     }
 }
 
@@ -35,15 +49,18 @@ public struct SpanPlan: Equatable, Sendable {
     public var keptKeys: Int
     /// PCA rank of the values, or nil when the budget allows the raw float16 values (cheaper than full-rank factors).
     public var valueRank: Int?
+    public var keyPrecision: StoragePrecision = .float16
+    public var valuePrecision: StoragePrecision = .float16
 
     /// Float16 bytes of the full cache for this span, keys and values.
     public var fullBytes: Int { 2 * tokens * headDim * 2 }
-    /// Retained keys (structured retention patterns are derived from the grid, so they cost no index bytes).
-    public var keyBytes: Int { keptKeys * headDim * 2 }
-    /// Coefficients, basis and mean of the value PCA, float16.
+    /// Retained keys and their int8 scales (structured retention patterns are derived from the grid, so they cost no
+    /// index bytes).
+    public var keyBytes: Int { StoredMatrix.bytes(rows: keptKeys, cols: headDim, precision: keyPrecision) }
+    /// Coefficients, basis (with their int8 scales) and float16 mean of the value PCA, or the raw float16 values.
     public var valueBytes: Int {
         guard let q = valueRank else { return tokens * headDim * 2 }
-        return (tokens * q + q * headDim + headDim) * 2
+        return FactoredValues.bytes(tokens: tokens, headDim: headDim, rank: q, precision: valuePrecision)
     }
     public var bytes: Int { keyBytes + valueBytes }
     public var measuredRatio: Double { 1 - Double(bytes) / Double(fullBytes) }

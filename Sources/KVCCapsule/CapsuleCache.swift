@@ -18,41 +18,48 @@ public struct CapsuleSettings: Sendable {
     public var policy: RetentionPolicy
     public var neighbours: Int
     public var keys: KeyReconstruction
+    /// How attention reads the compressed span: fused (default, nothing rebuilt) or dense (rebuilt every step).
+    public var mode: CapsuleAttentionMode
 
-    public init(budget: CapsuleBudget, policy: RetentionPolicy = .strided, neighbours: Int = 4, keys: KeyReconstruction) {
+    public init(budget: CapsuleBudget, policy: RetentionPolicy = .strided, neighbours: Int = 4, keys: KeyReconstruction,
+                mode: CapsuleAttentionMode = .fused) {
         self.budget = budget
         self.policy = policy
         self.neighbours = neighbours
         self.keys = keys
+        self.mode = mode
     }
 }
 
-/// The KVCapsule cache (DESIGN §2, dense mode). During prefill it is a plain float16 cache. `compress(grids:visionPositions:)`
+/// The KVCapsule cache (DESIGN §2). During prefill it is a plain float16 cache. `compress(grids:visionPositions:)`
 /// then replaces the vision span of every layer by its capsule — retained keys plus value factors — and frees the full
-/// span. Afterwards, each `withLayer` rebuilds that layer's vision K/V into one reused float32 scratch buffer and hands
+/// span. Afterwards, in fused mode (the default) attention reads the capsule directly (`FusedCapsuleAttention.swift`);
+/// in dense mode each `withLayer` rebuilds that layer's vision K/V into one reused float32 scratch buffer and hands
 /// attention an ordinary dense view: attention runs the same code as with the plain cache.
 public final class CapsuleCache: KVCache {
     public let layerCount: Int
     public let kvHeadCount: Int
     public let headDim: Int
     public let settings: CapsuleSettings
-    private let rope: RotaryEmbedding
+    let rope: RotaryEmbedding
 
     // Before compression everything lives here; afterwards it holds the text positions only.
-    private var text: PlainKVCache
-    private var textPositions: [Int32] = []
+    private(set) var text: PlainKVCache
+    private(set) var textPositions: [Int32] = []
     private var length_ = 0
 
     // The compressed vision span (nil before `compress`).
-    private struct Capsule {
+    struct Capsule {
         var positions: [Int32]              // of the vision tokens, ascending
         var neighbours: GridNeighbours
-        var retainedKeys: [[UInt16]]        // [layer * kvHeads + head] → [kept, headDim] float16
+        var retainedKeys: [StoredMatrix]    // [layer * kvHeads + head] → [kept, headDim] float16 or int8 (per-channel scales)
         var values: [[FactoredValues]]      // [layer][head]
         var rawValues: [[UInt16]]           // [layer * kvHeads + head] → [N, headDim] float16 when the budget allows raw
         var plan: SpanPlan
     }
-    private var capsule: Capsule?
+    private(set) var capsule: Capsule?
+    // What the fused attention path derives from the capsule once (FusedCapsuleAttention.swift).
+    var fusedLayout: FusedSpanLayout?
     // Reused per layer: dense keys/values in position order, and each entry's position.
     private var scratchKeys: [Float] = []
     private var scratchValues: [Float] = []
@@ -123,7 +130,7 @@ public final class CapsuleCache: KVCache {
         let visionIndex = visionPositions.map { p in textPositions.firstIndex(of: p) }
         guard visionIndex.allSatisfy({ $0 != nil }) else { throw KVCError("capsule: a vision position is not in the cache") }
         let d = headDim
-        var retained: [[UInt16]] = [], factored: [[FactoredValues]] = [], raw: [[UInt16]] = []
+        var retained: [StoredMatrix] = [], factored: [[FactoredValues]] = [], raw: [[UInt16]] = []
         let remaining = PlainKVCache(layerCount: layerCount, kvHeadCount: kvHeadCount, headDim: d,
                                      initialCapacity: max(textIndex.count + 64, 64))
         var spanK = [Float](repeating: 0, count: n * d), spanV = [Float](repeating: 0, count: n * d)
@@ -146,9 +153,12 @@ public final class CapsuleCache: KVCache {
                             restV[(h * textIndex.count + j) * d + e] = Float(values[base + idx * d + e])
                         }
                     }
-                    retained.append(HalfConversion.floatToHalf(nb.retained.flatMap { Array(spanK[($0 * d)..<(($0 + 1) * d)]) }))
+                    retained.append(StoredMatrix(nb.retained.flatMap { Array(spanK[($0 * d)..<(($0 + 1) * d)]) },
+                                                 rows: nb.retained.count, cols: d, precision: plan.keyPrecision))
                     if let q = plan.valueRank {
-                        layerFactors.append(try spanV.withUnsafeBufferPointer { try FactoredValues(values: $0, tokens: n, headDim: d, rank: q) })
+                        layerFactors.append(try spanV.withUnsafeBufferPointer {
+                            try FactoredValues(values: $0, tokens: n, headDim: d, rank: q, precision: plan.valuePrecision)
+                        })
                         raw.append([])
                     } else {
                         raw.append(HalfConversion.floatToHalf(spanV))
@@ -229,7 +239,7 @@ public final class CapsuleCache: KVCache {
     /// Dense vision keys and values `[N, headDim]` of one layer and head, rebuilt from the capsule.
     private func rebuildVision(layer: Int, head: Int, capsule: Capsule, keys: inout [Float], values: inout [Float]) {
         let d = headDim, nb = capsule.neighbours, slot = layer * kvHeadCount + head
-        let kept = HalfConversion.halfToFloat(capsule.retainedKeys[slot])
+        let kept = capsule.retainedKeys[slot].floats()
         for (r, j) in nb.retained.enumerated() { for e in 0..<d { keys[j * d + e] = kept[r * d + e] } }
         var dropped = [Float](repeating: 0, count: nb.dropped.count * d)
         switch settings.keys {
@@ -257,7 +267,7 @@ public final class CapsuleCache: KVCache {
     /// Bytes of the compressed vision span (retained keys, value factors or raw values, keep masks).
     public var visionBytes: Int {
         guard let c = capsule else { return 0 }
-        let keys = c.retainedKeys.reduce(0) { $0 + 2 * $1.count }
+        let keys = c.retainedKeys.reduce(0) { $0 + $1.byteCount }
         let values = c.values.reduce(0) { $0 + $1.reduce(0) { $0 + $1.byteCount } } + c.rawValues.reduce(0) { $0 + 2 * $1.count }
         return keys + values + layerCount * kvHeadCount * settings.policy.maskBytes(tokens: c.positions.count)
     }

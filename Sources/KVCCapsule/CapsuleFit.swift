@@ -96,8 +96,12 @@ public struct CapsuleFit {
             for h in 0..<layout.kvHeads {
                 let base = ((l * layout.kvHeads + h) * n) * d
                 let trueKeys = Array(keys[base..<(base + n * d)])
-                let retained = nb.retained.flatMap { Array(trueKeys[($0 * d)..<(($0 + 1) * d)]) }
-                var linear = trueKeys, nearest = trueKeys
+                // Retained keys as the cache stores them (int8 rounding included), rebuilt keys around them.
+                let retained = StoredMatrix(nb.retained.flatMap { Array(trueKeys[($0 * d)..<(($0 + 1) * d)]) },
+                                            rows: nb.retained.count, cols: d, precision: plan.keyPrecision).floats()
+                var linear = trueKeys
+                for (r, j) in nb.retained.enumerated() { for e in 0..<d { linear[j * d + e] = retained[r * d + e] } }
+                var nearest = linear
                 var dropped = [Float](repeating: 0, count: nb.dropped.count * d)
                 retained.withUnsafeBufferPointer {
                     model.reconstruct(layer: l, head: h, neighbours: nb, retainedKeys: $0.baseAddress!,
@@ -118,7 +122,9 @@ public struct CapsuleFit {
                 }
                 let v = Array(values[base..<(base + n * d)])
                 if let q = plan.valueRank {
-                    let rebuilt = try v.withUnsafeBufferPointer { try FactoredValues(values: $0, tokens: n, headDim: d, rank: q) }.reconstruct()
+                    let rebuilt = try v.withUnsafeBufferPointer {
+                        try FactoredValues(values: $0, tokens: n, headDim: d, rank: q, precision: plan.valuePrecision)
+                    }.reconstruct()
                     for i in 0..<(n * d) { sums[l][3] += pow(Double(rebuilt[i] - v[i]), 2); sums[l][4] += Double(v[i] * v[i]) }
                 } else {
                     sums[l][4] += v.reduce(0.0) { $0 + Double($1 * $1) }

@@ -26,6 +26,9 @@ public struct CapsuleRecipe {
             throw KVCError.file(file, "key_ratio: \(keyRatio) leaves the values a ratio of \(2 * ratio - keyRatio); "
                                 + "it must be within [2 ratio - 1, 2 ratio] = [\(max(0, 2 * ratio - 1)), \(min(0.95, 2 * ratio))]")
         }
+        let dtypes = StoragePrecision.allCases.map(\.rawValue)
+        let keyDtype = StoragePrecision(rawValue: try recipe.string("key_dtype", default: "f16", allowed: dtypes))!
+        let valueDtype = StoragePrecision(rawValue: try recipe.string("value_dtype", default: "f16", allowed: dtypes))!
         let policy = try recipe.string("retention", default: "strided", allowed: ["strided", "checkerboard", "scored"])
         guard let retention = RetentionPolicy(name: policy), retention == .strided else {
             throw KVCError.file(file, "retention: '\(policy)' needs attention scores at compression time, not supported yet; use strided")
@@ -40,7 +43,7 @@ public struct CapsuleRecipe {
         }
         let validationEvery = try recipe.int("validation_every", default: 5, range: 2...1000)
         try recipe.finish()
-        fit = CapsuleFit(budget: CapsuleBudget(ratio: ratio, keyRatio: keyRatio), policy: retention, neighbours: neighbours,
+        fit = CapsuleFit(budget: CapsuleBudget(ratio: ratio, keyRatio: keyRatio, keyPrecision: keyDtype, valuePrecision: valueDtype), policy: retention, neighbours: neighbours,
                          ridge: ridge, validationEvery: validationEvery)
     }
 
@@ -67,12 +70,13 @@ public struct CapsuleRecipe {
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         struct Report: Codable {
             var ratio: Double, keyRatio: Double, valueRatio: Double, measuredRatio64: Double, keptKeys64: Int, valueRank64: Int?
-            var samples: Int, layers: [CapsuleFit.LayerReport]
+            var keyDtype: String, valueDtype: String, samples: Int, layers: [CapsuleFit.LayerReport]
         }
         try AtomicFile.write(try encoder.encode(Report(ratio: fit.budget.ratio, keyRatio: fit.budget.keyRatio,
                                                        valueRatio: fit.budget.valueRatio, measuredRatio64: plan.measuredRatio,
                                                        keptKeys64: plan.keptKeys, valueRank64: plan.valueRank,
-                                                       samples: m.sampleCount, layers: layers)),
+                                                       keyDtype: fit.budget.keyPrecision.rawValue,
+                                                       valueDtype: fit.budget.valuePrecision.rawValue, samples: m.sampleCount, layers: layers)),
                              to: runDirectory + "/report.json")
         let mean = { (f: (CapsuleFit.LayerReport) -> Double) in layers.map(f).reduce(0, +) / Double(max(layers.count, 1)) }
         log(String(format: "held-out mean over %d layers: key rel. error linear %.3f, nearest %.3f; value rel. error %.3f; "

@@ -1,20 +1,29 @@
 import KVCCore
 
 /// Values of one vision span (one layer, one KV head) in factored form: `V ≈ C·B + 1·μᵀ`, with coefficients
-/// `C [N, q]`, basis `B [q, d]` and mean `μ [d]`, all stored as float16. Built per sequence at prefill by a truncated SVD
-/// of the mean-centred values.
+/// `C [N, q]`, basis `B [q, d]` and mean `μ [d]`. Built per sequence at prefill by a truncated SVD of the mean-centred
+/// values. The mean is float16; the factors are float16, or int8 (coefficients with one scale per component = column,
+/// basis with one scale per component = row), which at the same bytes almost doubles the rank:
+/// `V ≈ C8 · diag(sC) · diag(sB) · B8 + μ`.
 public struct FactoredValues: Equatable, Sendable {
     public let tokens: Int
     public let headDim: Int
     public let rank: Int
-    public let coefficients: [UInt16]
-    public let basis: [UInt16]
+    public let coefficients: StoredMatrix
+    public let basis: StoredMatrix
     public let mean: [UInt16]
 
-    public var byteCount: Int { 2 * (coefficients.count + basis.count + mean.count) }
+    public var byteCount: Int { coefficients.byteCount + basis.byteCount + 2 * mean.count }
+
+    /// Bytes of the factors of `[tokens, headDim]` values at `rank` and `precision` (the budget's formula).
+    public static func bytes(tokens n: Int, headDim d: Int, rank q: Int, precision: StoragePrecision) -> Int {
+        StoredMatrix.bytes(rows: n, cols: q, precision: precision) + StoredMatrix.bytes(rows: q, cols: d, precision: precision, scalePerRow: true)
+            + 2 * d
+    }
 
     /// Factors `values` (`[tokens, headDim]`, row-major) at `rank` (clamped to min(tokens, headDim)).
-    public init(values: UnsafeBufferPointer<Float>, tokens n: Int, headDim d: Int, rank: Int) throws {
+    public init(values: UnsafeBufferPointer<Float>, tokens n: Int, headDim d: Int, rank: Int,
+                precision: StoragePrecision = .float16) throws {
         precondition(values.count == n * d, "FactoredValues: \(values.count) values for [\(n), \(d)]")
         let q = max(0, min(rank, min(n, d)))
         tokens = n
@@ -28,8 +37,8 @@ public struct FactoredValues: Equatable, Sendable {
         let muUsed = HalfConversion.halfToFloat(muStored)
         mean = muStored
         guard q > 0 else {
-            coefficients = []
-            basis = []
+            coefficients = StoredMatrix([], rows: 0, cols: 0, precision: precision)
+            basis = StoredMatrix([], rows: 0, cols: 0, precision: precision, scalePerRow: true)
             return
         }
         var centred = [Float](repeating: 0, count: n * d)
@@ -38,8 +47,8 @@ public struct FactoredValues: Equatable, Sendable {
         let p = min(n, d)
         var c = [Float](repeating: 0, count: n * q)
         for i in 0..<n { for k in 0..<q { c[i * q + k] = u[i * p + k] * s[k] } }
-        coefficients = HalfConversion.floatToHalf(c)
-        basis = HalfConversion.floatToHalf(Array(vt[0..<(q * d)]))
+        coefficients = StoredMatrix(c, rows: n, cols: q, precision: precision)
+        basis = StoredMatrix(Array(vt[0..<(q * d)]), rows: q, cols: d, precision: precision, scalePerRow: true)
     }
 
     /// Dense reconstruction `C·B + μ` into `out` (`[tokens, headDim]`).
@@ -48,7 +57,7 @@ public struct FactoredValues: Equatable, Sendable {
         let mu = HalfConversion.halfToFloat(mean)
         for i in 0..<tokens { for j in 0..<d { out[i * d + j] = mu[j] } }
         guard rank > 0 else { return }
-        let c = HalfConversion.halfToFloat(coefficients), b = HalfConversion.halfToFloat(basis)
+        let c = coefficients.floats(), b = basis.floats()
         c.withUnsafeBufferPointer { cp in
             b.withUnsafeBufferPointer { bp in
                 BLAS.gemm(m: tokens, n: d, k: rank, a: cp.baseAddress!, b: bp.baseAddress!, beta: 1, c: out)
