@@ -23,6 +23,7 @@ let package = Package(
         .library(name: "KVCVision", targets: ["KVCVision"]),
         .library(name: "KVCCollect", targets: ["KVCCollect"]),
         .library(name: "KVCCapsule", targets: ["KVCCapsule"]),
+        .library(name: "KVCSmolVLM", targets: ["KVCSmolVLM"]),
         .executable(name: "kvc-demo", targets: ["kvc-demo"]),
         .executable(name: "kvc-run", targets: ["kvc-run"]),
         .executable(name: "kvc-bench", targets: ["kvc-bench"]),
@@ -66,11 +67,16 @@ let package = Package(
         // KVCapsule: retention, key reconstruction, value PCA, byte budgets, and the capsule cache.
         .target(name: "KVCCapsule", dependencies: ["KVCCore", "KVCCollect", "KVCBackbone", "CZstd"], swiftSettings: swiftSettings),
 
+        // Hugging Face SmolVLM / Idefics3 (and plain Llama) model directories: SigLIP tower, pixel-shuffle connector,
+        // the backbone's decoder from safetensors, parity dumps against transformers.
+        .target(name: "KVCSmolVLM", dependencies: ["KVCCore", "KVCGGUF", "KVCBackbone", "KVCVision", "KVCCollect", "KVCTokenizer"],
+                swiftSettings: swiftSettings),
+
         .executableTarget(name: "kvc-demo", dependencies: [
             "KVCTensor", "KVCVision", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "Sources/Tools/kvc-demo", swiftSettings: swiftSettings),
         .executableTarget(name: "kvc-run", dependencies: [
-            "KVCBackbone", "KVCVision", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "KVCBackbone", "KVCVision", "KVCSmolVLM", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "Sources/Tools/kvc-run", swiftSettings: swiftSettings),
         .executableTarget(name: "kvc-train", dependencies: [
             "KVCVision", "KVCCapsule", .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -98,6 +104,8 @@ let package = Package(
                     resources: [.copy("Fixtures")], swiftSettings: swiftSettings),
         .testTarget(name: "KVCBackboneTests", dependencies: ["KVCBackbone"],
                     resources: [.copy("Fixtures")], swiftSettings: swiftSettings),
+        .testTarget(name: "KVCSmolVLMTests", dependencies: ["KVCSmolVLM"], resources: [.copy("Fixtures")],
+                    swiftSettings: swiftSettings),
         .testTarget(name: "KVCVisionTests", dependencies: ["KVCVision", "KVCTokenizer", "KVCGGUF"],
                     resources: [.copy("Fixtures")], swiftSettings: swiftSettings),
     ]

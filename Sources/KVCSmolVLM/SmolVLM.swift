@@ -1,0 +1,112 @@
+import Foundation
+import KVCBackbone
+import KVCCollect
+import KVCCore
+import KVCVision
+
+/// A Hugging Face model directory loaded for inference: an Idefics3 / SmolVLM vision-language model (SigLIP tower,
+/// pixel-shuffle connector, Llama decoder) or a plain Llama decoder (`LlamaForCausalLM`, `vision` is nil).
+///
+/// The decoder is the backbone's `LlamaModel` (weights converted by `HFLlamaConversion`), so caches, capsules and
+/// generation work on it unchanged. Image tokens enter the prompt as soft embeddings at the positions that hold
+/// `config.image_token_id`, in order, as transformers' `inputs_merger` places them.
+public final class SmolVLM {
+    public let directory: String
+    public let config: HFModelConfig
+    public let decoder: LlamaModel
+    public let vision: ImageEncoder?
+
+    /// The vision side of an Idefics3 model: preprocessing, SigLIP tower and connector.
+    public final class ImageEncoder {
+        public let config: Idefics3Config
+        public let processor: Idefics3ImageProcessor
+        public let tower: SigLIPVisionTransformer
+        public let connector: PixelShuffleConnector
+
+        init(checkpoint: HFCheckpoint, config: Idefics3Config, processor: Idefics3ImageProcessor) throws {
+            self.config = config
+            self.processor = processor
+            tower = try SigLIPVisionTransformer(checkpoint: checkpoint, config: config.vision)
+            connector = try PixelShuffleConnector(checkpoint: checkpoint, scaleFactor: config.scaleFactor,
+                                                  visionWidth: config.vision.hiddenSize,
+                                                  textWidth: config.text.llama.hiddenSize)
+        }
+
+        /// The image's tokens, `[tokensPerImage, textHidden]` row-major, raster order over a `gridSide` square.
+        public func tokens(for image: Image, name: String = "image") throws -> [Float] {
+            try tokens(pixels: processor.pixels(image, name: name))
+        }
+
+        /// The same from already-preprocessed planar pixels `[3, imageSize, imageSize]`.
+        public func tokens(pixels: [Float]) -> [Float] {
+            connector.project(tower.encode(pixels: pixels), patchesPerSide: config.vision.patchesPerSide)
+        }
+    }
+
+    /// Loads `config.json`, the safetensors weights (single file or shards) and, for Idefics3,
+    /// `preprocessor_config.json` (defaults with a warning when absent).
+    /// - Throws: `KVCError` naming the file and field or tensor at fault.
+    public init(directory: String, warn: (String) -> Void = standardErrorWarning) throws {
+        self.directory = directory
+        let configPath = (directory as NSString).appendingPathComponent("config.json")
+        guard FileManager.default.fileExists(atPath: configPath) else {
+            throw KVCError.file(configPath, "not found; a Hugging Face model directory needs config.json")
+        }
+        config = try HFModelConfig.read(path: configPath)
+        let checkpoint = try HFCheckpoint(directory: directory)
+        switch config {
+        case .llama(let text):
+            decoder = try HFLlamaConversion.loadModel(checkpoint: checkpoint, config: text, prefix: "model.")
+            vision = nil
+        case .idefics3(let c):
+            decoder = try HFLlamaConversion.loadModel(checkpoint: checkpoint, config: c.text, prefix: "model.text_model.")
+            let processor = try Idefics3ImageProcessor.load(directory: directory, imageSize: c.vision.imageSize, warn: warn)
+            vision = try ImageEncoder(checkpoint: checkpoint, config: c, processor: processor)
+        }
+    }
+
+    /// The image token id (nil for a text-only model).
+    public var imageTokenId: Int? { vision?.config.imageTokenId }
+
+    /// A prompt for exactly `tokenIds`, with the positions holding the image token id replaced, in order, by the rows of
+    /// `imageTokens` (each image's `[tokensPerImage * hidden]`), and the grid of every image's tokens.
+    /// - Throws: `KVCError` when the number of image-token positions does not match the images given, or an image's
+    ///   positions are not one contiguous run (no grid then).
+    public func prompt(tokenIds: [Int], imageTokens: [[Float]]) throws -> (pieces: [PromptPiece], grids: [ImageGrid]) {
+        guard let vision else {
+            guard imageTokens.isEmpty else { throw KVCError("this model (\(directory)) has no vision tower") }
+            return ([.tokens(tokenIds)], [])
+        }
+        let perImage = vision.config.tokensPerImage, side = vision.config.gridSide
+        let imageToken = vision.config.imageTokenId
+        let positions = tokenIds.indices.filter { tokenIds[$0] == imageToken }
+        guard positions.count == perImage * imageTokens.count else {
+            throw KVCError("the token ids hold \(positions.count) image tokens (id \(imageToken)) but \(imageTokens.count) "
+                           + "image(s) give \(perImage * imageTokens.count) (\(perImage) each, a \(side)x\(side) grid)")
+        }
+        let hidden = decoder.config.hiddenSize
+        var pieces: [PromptPiece] = [], grids: [ImageGrid] = []
+        var text: [Int] = []
+        var image = 0, row = 0
+        var rows: [Float] = []
+        for (i, id) in tokenIds.enumerated() {
+            if id != imageToken { text.append(id); continue }
+            if !text.isEmpty { pieces.append(.tokens(text)); text = [] }
+            if row == 0 { grids.append(ImageGrid(start: i, rows: side, cols: side)) }
+            rows += imageTokens[image][(row * hidden)..<((row + 1) * hidden)]
+            row += 1
+            if row == perImage {
+                guard grids[image].start + perImage - 1 == i else {
+                    throw KVCError("image \(image)'s \(perImage) tokens are not contiguous in the token ids "
+                                   + "(first at index \(grids[image].start), last at \(i))")
+                }
+                pieces.append(.embeddings(rows, count: perImage))
+                rows = []
+                row = 0
+                image += 1
+            }
+        }
+        if !text.isEmpty { pieces.append(.tokens(text)) }
+        return (pieces, grids)
+    }
+}

@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Tiny random SmolVLM (Idefics3) and Llama checkpoints with their reference outputs from Hugging Face transformers.
+
+Writes, under OUT (default Tests/KVCSmolVLMTests/Fixtures):
+
+  idefics3/   config.json, model.safetensors (float32), preprocessor_config.json, image.png,
+              expected.safetensors: `logits` [T, vocab], `layers.i.key` / `layers.i.value` [kv_heads, T, head_dim]
+              (keys after RoPE, as transformers' cache holds them), `input_ids` [T] (int64), `pixel_values`
+              [3, H, W] (what the image processor produced).
+  llama/      config.json, model-0000k-of-0000n.safetensors + model.safetensors.index.json (sharded on purpose),
+              expected.safetensors with the same tensors for the token ids alone.
+
+Weights are re-drawn at unit scale (normal / sqrt(fan_in), norms near 1) so activations are O(1) and relative
+errors mean something; transformers' own init (std 0.02) makes every logit nearly zero.
+
+    pip install transformers torch safetensors pillow
+    python3 scripts/reference/smolvlm_tiny_reference.py [OUT]
+"""
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+import transformers
+from PIL import Image
+from safetensors.torch import save_file
+from transformers import Idefics3Config, Idefics3ForConditionalGeneration, LlamaConfig, LlamaForCausalLM
+from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil as Idefics3ImageProcessor
+
+SEED = 1234
+IMAGE_TOKEN_ID = 100
+# Token ids of the parity sequence: text, 9 image tokens (a 3x3 grid after pixel shuffle), text.
+TOKENS_AROUND_IMAGE = ([1, 10, 20, 5], [6, 30, 40, 50, 2, 77, 3])
+
+
+def text_config(layers, tie):
+    return dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=layers,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5,
+                rope_theta=100000.0, tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+
+def redraw(model, generator):
+    """Unit-scale weights: matrices ~ N(0, 1/fan_in), vectors of norms ~ 1 + N(0, 0.1²), biases ~ N(0, 0.1²)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                fan_in = p.shape[1] if p.dim() == 2 else int(np.prod(p.shape[1:]))
+                if "embed" in name:
+                    fan_in = 1
+                p.copy_(torch.randn(p.shape, generator=generator) / math.sqrt(fan_in))
+            elif "norm" in name and name.endswith("weight"):
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=generator))
+            else:
+                p.copy_(0.1 * torch.randn(p.shape, generator=generator))
+
+
+def cache_tensors(cache, layers):
+    """Per-layer keys/values of batch 0 as [kv_heads, T, head_dim] float32, whatever the cache class calls them."""
+    out = {}
+    for i in range(layers):
+        if hasattr(cache, "layers"):
+            k, v = cache.layers[i].keys, cache.layers[i].values
+        else:
+            k, v = cache[i]
+        out[f"layers.{i}.key"] = k[0].float().contiguous()
+        out[f"layers.{i}.value"] = v[0].float().contiguous()
+    return out
+
+
+def run(model, **inputs):
+    with torch.no_grad():
+        result = model(**inputs, use_cache=True)
+    cache = getattr(result, "past_key_values", None) or getattr(result, "cache", None)
+    return result.logits[0].float().contiguous(), cache
+
+
+def test_image(size):
+    """A deterministic picture with structure at every scale (gradients, a disc, stripes)."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float64)
+    r = 255 * x / (size - 1)
+    g = 255 * ((x - size / 2) ** 2 + (y - size / 3) ** 2 < (size / 4) ** 2)
+    b = 127.5 + 127.5 * np.sin(y / 3.0)
+    return Image.fromarray(np.stack([r, g, b], -1).round().astype(np.uint8), "RGB")
+
+
+def make_idefics3(out):
+    os.makedirs(out, exist_ok=True)
+    torch.manual_seed(SEED)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  image_size=48, patch_size=8, layer_norm_eps=1e-6)
+    config = Idefics3Config(vision_config=vision, text_config=text_config(3, tie=False),
+                            image_token_id=IMAGE_TOKEN_ID, scale_factor=2)
+    model = Idefics3ForConditionalGeneration(config).eval()
+    redraw(model, torch.Generator().manual_seed(SEED))
+    model.save_pretrained(out)
+
+    processor = Idefics3ImageProcessor(do_image_splitting=False, size={"longest_edge": 48},
+                                       max_image_size={"longest_edge": 48})
+    processor.save_pretrained(out)
+    image = test_image(48)
+    image.save(os.path.join(out, "image.png"))
+    processed = processor(images=[[image]], return_tensors="pt")
+    pixels = processed["pixel_values"]
+    assert tuple(pixels.shape) == (1, 1, 3, 48, 48), pixels.shape
+    # Rescale + normalise of an image already at the encoder's size: check the processor did exactly that.
+    manual = (torch.tensor(np.asarray(image), dtype=torch.float32).permute(2, 0, 1) / 255 - 0.5) / 0.5
+    assert torch.allclose(pixels[0, 0], manual, atol=1e-6), "processor did more than rescale + normalise"
+
+    tokens_per_image = (48 // 8) ** 2 // 4
+    ids = TOKENS_AROUND_IMAGE[0] + [IMAGE_TOKEN_ID] * tokens_per_image + TOKENS_AROUND_IMAGE[1]
+    input_ids = torch.tensor([ids])
+    logits, cache = run(model, input_ids=input_ids, pixel_values=pixels,
+                        pixel_attention_mask=processed.get("pixel_attention_mask"))
+    expected = {"logits": logits, "input_ids": input_ids[0].to(torch.int64),
+                "pixel_values": pixels[0, 0].contiguous()}
+    expected.update(cache_tensors(cache, config.text_config.num_hidden_layers))
+    save_file(expected, os.path.join(out, "expected.safetensors"))
+    return ids
+
+
+def make_llama(out):
+    os.makedirs(out, exist_ok=True)
+    torch.manual_seed(SEED + 1)
+    config = LlamaConfig(**text_config(2, tie=True))
+    model = LlamaForCausalLM(config).eval()
+    redraw(model, torch.Generator().manual_seed(SEED + 1))
+    model.save_pretrained(out, max_shard_size="100KB")
+    ids = [1, 17, 33, 64, 5, 99, 127, 2, 40, 41, 42]
+    input_ids = torch.tensor([ids])
+    logits, cache = run(model, input_ids=input_ids)
+    expected = {"logits": logits, "input_ids": input_ids[0].to(torch.int64)}
+    expected.update(cache_tensors(cache, config.num_hidden_layers))
+    save_file(expected, os.path.join(out, "expected.safetensors"))
+    return ids
+
+
+def main():
+    out = sys.argv[1] if len(sys.argv) > 1 else "Tests/KVCSmolVLMTests/Fixtures"
+    ids = make_idefics3(os.path.join(out, "idefics3"))
+    llama_ids = make_llama(os.path.join(out, "llama"))
+    info = {"transformers": transformers.__version__, "torch": torch.__version__, "seed": SEED,
+            "idefics3_token_ids": ids, "llama_token_ids": llama_ids}
+    with open(os.path.join(out, "versions.json"), "w") as f:
+        json.dump(info, f, indent=1)
+    print(json.dumps(info))
+
+
+if __name__ == "__main__":
+    main()
