@@ -23,6 +23,7 @@ let package = Package(
         .library(name: "KVCVision", targets: ["KVCVision"]),
         .library(name: "KVCCollect", targets: ["KVCCollect"]),
         .library(name: "KVCCapsule", targets: ["KVCCapsule"]),
+        .library(name: "KVCBaselines", targets: ["KVCBaselines"]),
         .library(name: "KVCSmolVLM", targets: ["KVCSmolVLM"]),
         .executable(name: "kvc-demo", targets: ["kvc-demo"]),
         .executable(name: "kvc-run", targets: ["kvc-run"]),
@@ -31,6 +32,7 @@ let package = Package(
         .executable(name: "kvc-train", targets: ["kvc-train"]),
         .executable(name: "kvc-export", targets: ["kvc-export"]),
         .executable(name: "kvc-eval", targets: ["kvc-eval"]),
+        .executable(name: "kvc-sweep", targets: ["kvc-sweep"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -66,6 +68,9 @@ let package = Package(
 
         // KVCapsule: retention, key reconstruction, value PCA, byte budgets, and the capsule cache.
         .target(name: "KVCCapsule", dependencies: ["KVCCore", "KVCCollect", "KVCBackbone", "CZstd"], swiftSettings: swiftSettings),
+        // Baselines at equal bytes (quantization, token dropping, H2O/SnapKV/FastV eviction, PCA) and the method catalog.
+        .target(name: "KVCBaselines", dependencies: ["KVCCore", "KVCBackbone", "KVCCapsule", "KVCVision", "KVCCollector"],
+                swiftSettings: swiftSettings),
 
         // Hugging Face SmolVLM / Idefics3 (and plain Llama) model directories: SigLIP tower, pixel-shuffle connector,
         // the backbone's decoder from safetensors, parity dumps against transformers.
@@ -82,8 +87,11 @@ let package = Package(
             "KVCVision", "KVCCapsule", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "Sources/Tools/kvc-train", swiftSettings: swiftSettings),
         .executableTarget(name: "kvc-eval", dependencies: [
-            "KVCVision", "KVCCapsule", "KVCCollector", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "KVCVision", "KVCCapsule", "KVCCollector", "KVCBaselines", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "Sources/Tools/kvc-eval", swiftSettings: swiftSettings),
+        .executableTarget(name: "kvc-sweep", dependencies: [
+            "KVCVision", "KVCBaselines", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], path: "Sources/Tools/kvc-sweep", swiftSettings: swiftSettings),
         .executableTarget(name: "kvc-export", dependencies: [
             "KVCCapsule", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "Sources/Tools/kvc-export", swiftSettings: swiftSettings),
@@ -98,6 +106,7 @@ let package = Package(
         .testTarget(name: "KVCCollectTests", dependencies: ["KVCCollect"], swiftSettings: swiftSettings),
         .testTarget(name: "KVCCollectorTests", dependencies: ["KVCCollector"], swiftSettings: swiftSettings),
         .testTarget(name: "KVCCapsuleTests", dependencies: ["KVCCapsule"], swiftSettings: swiftSettings),
+        .testTarget(name: "KVCBaselinesTests", dependencies: ["KVCBaselines"], swiftSettings: swiftSettings),
         .testTarget(name: "KVCTensorTests", dependencies: ["KVCTensor"], swiftSettings: swiftSettings),
         .testTarget(name: "KVCGGUFTests", dependencies: ["KVCGGUF"], resources: [.copy("Fixtures")], swiftSettings: swiftSettings),
         .testTarget(name: "KVCTokenizerTests", dependencies: ["KVCTokenizer", "KVCGGUF"],

@@ -129,7 +129,9 @@ public final class VisionLanguageModel {
         guard cache.length == 0 else { throw KVCError("prefill needs an empty cache; this one holds \(cache.length) positions") }
         let t0 = DispatchTime.now()
         let built = prefix(imageEmbeddings: imageEmbeddings)
-        _ = try backbone.model.forward(built.pieces, cache: cache, logits: .none)
+        // A score-based eviction cache ranks tokens by the attention they receive here, so it sees the queries.
+        _ = try backbone.model.forward(built.pieces, cache: cache, logits: .none,
+                                       observeQueries: (cache as? QueryObservingCache)?.queryObserver)
         try afterPrefill?(cache, built)
         var timing = Timing()
         timing.prefillSeconds = elapsed(t0, DispatchTime.now())

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import KVCBaselines
 import KVCCore
 import KVCCapsule
 import KVCCollector
@@ -19,6 +20,18 @@ struct KVCEval: ParsableCommand {
             seconds_*: where the time went (front end, image prefixes, question prefills, decoding);
             skipped: dataset entries that could not be used (each is listed on stderr).
             Each image's prefix is prefilled once and shared by its questions (the cache is trimmed back to it).
+
+            Comparing caches (--method, or --images K for the multi-image task): the same questions are answered
+            with the full float16 cache and with the method, in this process, and the summary adds fidelity:
+            kvc-eval --method h2o --ratio 0.6 --limit 200 --json
+            kvc-eval --method capsule --adapter checkpoints/capsule-r0.6.kvcap --images 4 --limit 200 --json
+            {"method":"h2o","ratio":0.6,"images":1,"accuracy":...,"accuracy_full":...,"agreement":...,
+             "top1_agreement":...,"kl":...,"attn_rel_error":[...per layer...],"kv_bytes":...,"kv_bytes_vision":...,...}
+            Methods: full, capsule (with --adapter), int8, int4 (fixed ratios 0.484 / 0.719), strided, random, h2o,
+            snapkv, fastv, pca. Every method compresses only the image tokens, after the prefix is prefilled, to at
+            most (1 - ratio) of their float16 bytes, every overhead counted. agreement: greedy answer equal to the full
+            cache's; top1_agreement / kl: first answer token's next-token distribution vs the full cache's;
+            attn_rel_error: per layer, relative error of the attention output of the last question token.
             """)
 
     @Option(help: "Benchmark (only easy-vqa).") var task = "easy-vqa"
@@ -35,12 +48,25 @@ struct KVCEval: ParsableCommand {
     @Flag(help: "No progress on stderr.") var quiet = false
     @Option(help: "A .kvcap capsule adapter: answer from the compressed cache (its vision span is compressed after prefill).")
     var adapter: String?
+    @Option(help: "Compare a cache method with the full cache: full, capsule (with --adapter), int8, int4, strided, random, h2o, snapkv, fastv, pca.")
+    var method: String?
+    @Option(help: "Compression ratio for --method (fraction of the vision tokens' float16 bytes removed).") var ratio: Double?
+    @Option(help: "Images per prompt (multi-image task: the question names its image; 1 = plain easy-VQA).") var images: Int?
+    @Option(help: "Seed of the multi-image grouping and of the random baseline.") var seed: UInt64 = 0
+    @Option(name: .customLong("questions-per-image"), help: "Questions asked per image (default: all for 1 image, 1 for more).")
+    var questionsPerImage: Int?
 
     func validate() throws {
         if task != "easy-vqa" { throw ValidationError("--task: only 'easy-vqa' is supported, not '\(task)'") }
         if EasyVQA.Split(rawValue: split) == nil { throw ValidationError("--split must be 'train' or 'test', not '\(split)'") }
         if let limit, limit < 1 { throw ValidationError("--limit must be >= 1") }
         if let threads, threads < 1 { throw ValidationError("--threads must be >= 1") }
+        if let method, !MethodCatalog.names.contains(method) {
+            throw ValidationError("--method must be one of \(MethodCatalog.names.joined(separator: ", ")), not '\(method)'")
+        }
+        if let images, images < 1 { throw ValidationError("--images must be >= 1") }
+        if let ratio, !(0..<1).contains(ratio) { throw ValidationError("--ratio must be in [0, 1)") }
+        if blind && (method != nil || images != nil) { throw ValidationError("--blind does not combine with --method / --images") }
     }
 
     func run() throws {
@@ -50,6 +76,10 @@ struct KVCEval: ParsableCommand {
             let dataset = try EasyVQA(root: data ?? Assets.easyVQA)
             let loaded = try dataset.load(EasyVQA.Split(rawValue: split)!, progress: !quiet)
             for entry in loaded.skipped { FileHandle.standardError.write(Data("kvc-eval: skipped \(entry)\n".utf8)) }
+            if method != nil || images != nil {
+                try compare(vlm, loaded)
+                return
+            }
             var options = EasyVQAEvaluation.Options()
             options.limit = limit
             options.blind = blind
@@ -74,7 +104,7 @@ struct KVCEval: ParsableCommand {
                 }
             }
             let result = try evaluation.run(loaded)
-            if let answers { try writeAnswers(result.records, to: answers) }
+            if let answers { try writeLines(result.records, to: answers) }
             try printSummary(result.summary)
         } catch let error as KVCError {
             FileHandle.standardError.write(Data("kvc-eval: error: \(error.message)\n".utf8))
@@ -82,12 +112,34 @@ struct KVCEval: ParsableCommand {
         }
     }
 
+    /// The method and the full cache on the same (multi-image) questions, with fidelity metrics.
+    private func compare(_ vlm: VisionLanguageModel, _ loaded: EasyVQASplit) throws {
+        let chosen = try MethodCatalog.method(named: method ?? (adapter != nil ? "capsule" : "full"), ratio: ratio,
+                                              model: vlm, adapter: adapter, modelPath: model ?? Assets.smolLM2GGUF,
+                                              frontEndPath: frontEnd, seed: seed)
+        let task = try MultiImageTask(split: loaded, images: images ?? 1, limit: limit, seed: seed,
+                                      questionsPerImage: questionsPerImage)
+        var evaluation = CacheFidelityEvaluation(model: vlm, task: task, split: loaded)
+        evaluation.progress = !quiet
+        let full = try evaluation.observe(.full(vlm))
+        let run = chosen.name == "full" ? full : try evaluation.observe(chosen)
+        let summary = try evaluation.compare(run, full: full)
+        if let answers { try writeLines(evaluation.records(run, full: full), to: answers) }
+        if json {
+            print(try jsonLine(summary))
+        } else {
+            print(String(format: "%@ K=%d, %@ r=%.3f (measured %.3f): accuracy %.4f (full %.4f) on %d questions, "
+                         + "agreement %.3f, top-1 %.3f, KL %.4f, vision kv %d bytes (full %d), %.2f questions/s",
+                         summary.task, summary.images, summary.method, summary.ratio, summary.ratio_measured,
+                         summary.accuracy, summary.accuracy_full, summary.n, summary.agreement, summary.top1_agreement,
+                         summary.kl, summary.kv_bytes_vision, summary.kv_bytes_vision_full, summary.questions_per_s))
+        }
+    }
+
     /// All lines at once through `AtomicFile`, so a reader never sees a half-written file.
-    private func writeAnswers(_ records: [EasyVQAEvaluation.Record], to path: String) throws {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+    private func writeLines<T: Encodable>(_ records: [T], to path: String) throws {
         var text = ""
-        for r in records { text += String(decoding: try encoder.encode(r), as: UTF8.self) + "\n" }
+        for r in records { text += try jsonLine(r) + "\n" }
         let directory = (path as NSString).deletingLastPathComponent
         if !directory.isEmpty { try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) }
         try AtomicFile.write(text, to: path)
@@ -95,15 +147,19 @@ struct KVCEval: ParsableCommand {
 
     private func printSummary(_ s: EasyVQAEvaluation.Summary) throws {
         if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-            print(String(decoding: try encoder.encode(s), as: UTF8.self))
+            print(try jsonLine(s))
         } else {
             print(String(format: "easy-vqa %@%@: accuracy %.4f on %d questions (cache %@), %.2f questions/s, "
                          + "kv %d bytes (full %d), %d skipped", s.split, s.blind ? " (blind)" : "", s.accuracy, s.n,
                          s.cache, s.questions_per_second, s.kv_bytes, s.kv_bytes_full, s.skipped))
         }
     }
+}
+
+private func jsonLine<T: Encodable>(_ value: T) throws -> String {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+    return String(decoding: try encoder.encode(value), as: UTF8.self)
 }
 
 KVCEval.main()
