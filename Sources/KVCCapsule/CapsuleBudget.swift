@@ -23,22 +23,32 @@ public struct CapsuleBudget: Equatable, Codable, Sendable {
 
     /// The sizes for one span of `tokens` vectors of `headDim`.
     public func plan(tokens n: Int, headDim d: Int) -> SpanPlan {
-        let keptKeys: Int
-        switch keyPrecision {
-        case .float16: keptKeys = Int((Double(n) * (1 - keyRatio)).rounded())
-        case .int8:    // d bytes per key plus the per-channel scales, 2d bytes once
-            keptKeys = Int((((1 - keyRatio) * Double(2 * n * d) - Double(2 * d)) / Double(d)).rounded(.down))
+        let total = (1 - ratio) * Double(4 * n * d)   // bytes the whole span (keys and values) may keep
+        func keys(bytes: Double) -> Int {
+            let k: Int
+            switch keyPrecision {
+            case .float16: k = Int((bytes / Double(2 * d)).rounded())
+            case .int8: k = Int(((bytes - Double(2 * d)) / Double(d)).rounded(.down))   // d bytes per key + 2d of scales
+            }
+            return min(n, max(1, k))
         }
-        let valueBudget = (1 - valueRatio) * Double(2 * n * d)   // bytes
+        let keyBudget = (1 - keyRatio) * Double(2 * n * d)
+        var kept = keys(bytes: keyBudget)
         func plan(_ rank: Int?) -> SpanPlan {
-            SpanPlan(tokens: n, headDim: d, keptKeys: min(n, max(1, keptKeys)), valueRank: rank, keyPrecision: keyPrecision,
-                     valuePrecision: valuePrecision)
+            SpanPlan(tokens: n, headDim: d, keptKeys: kept, valueRank: rank, keyPrecision: keyPrecision, valuePrecision: valuePrecision)
         }
+        // Bytes the keys cannot use (every key already kept, as int8 can at moderate ratios) go to the values.
+        let keysUse = kept == n ? min(keyBudget, Double(StoredMatrix.bytes(rows: n, cols: d, precision: keyPrecision))) : keyBudget
+        let valueBudget = total - keysUse
         // A budget that holds the raw float16 values keeps them exactly; otherwise the factors' bytes decide the rank.
         if valueBudget >= Double(2 * n * d) { return plan(nil) }
         let perRank = valuePrecision == .float16 ? 2 * (n + d) : n + d + 4   // int8: two float16 scales per component
-        let rank = Int(((valueBudget - Double(2 * d)) / Double(perRank)).rounded(.down))
-        return plan(max(0, min(rank, min(n, d))))
+        let rank = max(0, min(Int(((valueBudget - Double(2 * d)) / Double(perRank)).rounded(.down)), min(n, d)))
+        // And bytes that full-rank factors cannot use go back to the keys.
+        if rank == min(n, d) {
+            kept = max(kept, keys(bytes: total - Double(FactoredValues.bytes(tokens: n, headDim: d, rank: rank, precision: valuePrecision))))
+        }
+        return plan(rank)
     }
 }
 

@@ -81,11 +81,13 @@ final class CapsuleCacheTests: XCTestCase {
 
     func testCompressedBytesMatchTheNominalRatio() throws {
         let model = try realModel()
-        for (ratio, keyRatio) in [(0.6, 0.5), (0.8, 0.75), (0.4, 0.25)] {
-            let cache = CapsuleCache(config: model.config, rope: model.rope,
-                                     settings: CapsuleSettings(budget: CapsuleBudget(ratio: ratio, keyRatio: keyRatio), keys: .nearest))
+        for (ratio, keyRatio, dtype) in [(0.6, 0.5, StoragePrecision.float16), (0.8, 0.75, .float16), (0.4, 0.25, .float16),
+                                         (0.6, 0.48, .int8), (0.8, 0.7, .int8)] {
+            let budget = CapsuleBudget(ratio: ratio, keyRatio: keyRatio, keyPrecision: dtype, valuePrecision: dtype)
+            let cache = CapsuleCache(config: model.config, rope: model.rope, settings: CapsuleSettings(budget: budget, keys: .nearest))
             let logits = try decode(model, cache: cache)
             XCTAssertTrue(logits.allSatisfy { $0.allSatisfy(\.isFinite) })
+            XCTAssertEqual(cache.visionBytes, 30 * 3 * budget.plan(tokens: 64, headDim: 64).bytes, "what is stored is what the plan counts")
             let measured = 1 - Double(cache.visionBytes) / Double(cache.visionBytesFull)
             XCTAssertEqual(measured, ratio, accuracy: 0.02, "r=\(ratio): measured \(measured)")
             XCTAssertEqual(cache.visionBytesFull, 64 * 30 * 3 * 64 * 2 * 2)
