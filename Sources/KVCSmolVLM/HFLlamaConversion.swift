@@ -15,17 +15,20 @@ import KVCGGUF
 /// Matrices keep their stored dtype (F16 stays F16, so decoding uses the half-precision kernel; BF16 and F32 decode
 /// from float32 rows).
 public enum HFLlamaConversion {
-    /// Loads the decoder whose tensors are named `prefix + "layers.0.self_attn.q_proj.weight"` etc. (`"model."` for
-    /// `LlamaForCausalLM`, `"model.text_model."` for Idefics3), with the output head `lm_head.weight` or, when the
-    /// checkpoint has none and `config.tiedEmbeddings`, the token embedding.
+    /// The GGUF of the decoder whose tensors are named `prefix + "layers.0.self_attn.q_proj.weight"` etc.
+    /// (`"model."` for `LlamaForCausalLM`, `"model.text_model."` for Idefics3), with the output head `lm_head.weight`
+    /// or, when the checkpoint has none and `config.tiedEmbeddings`, the token embedding; with `tokenizer`, its
+    /// `tokenizer.ggml.*` metadata too, so `Backbone(file:)` can encode and generate. `LlamaModel(file:)` loads it.
     /// - Throws: `KVCError` naming the file and tensor that is missing or has the wrong shape or dtype.
-    public static func loadModel(checkpoint: HFCheckpoint, config: HFLlamaConfig, prefix: String) throws -> LlamaModel {
-        let bytes = try ggufImage(checkpoint: checkpoint, config: config, prefix: prefix)
-        return try LlamaModel(file: GGUFFile(bytes: bytes, name: checkpoint.directory + " (converted to GGUF in memory)"))
+    public static func convert(checkpoint: HFCheckpoint, config: HFLlamaConfig, prefix: String,
+                               tokenizer: HFTokenizerJSON? = nil) throws -> GGUFFile {
+        let bytes = try ggufImage(checkpoint: checkpoint, config: config, prefix: prefix, tokenizer: tokenizer)
+        return try GGUFFile(bytes: bytes, name: checkpoint.directory + " (converted to GGUF in memory)")
     }
 
-    /// The GGUF file image (metadata `llama.*` + tensors in ggml names).
-    public static func ggufImage(checkpoint: HFCheckpoint, config: HFLlamaConfig, prefix: String) throws -> [UInt8] {
+    /// The GGUF file image (metadata `llama.*`, optionally `tokenizer.ggml.*`, and the tensors in ggml names).
+    public static func ggufImage(checkpoint: HFCheckpoint, config: HFLlamaConfig, prefix: String,
+                                 tokenizer: HFTokenizerJSON? = nil) throws -> [UInt8] {
         let c = config.llama
         var w = GGUFWriter()
         w.set("general.architecture", .string("llama"))
@@ -39,6 +42,7 @@ public enum HFLlamaConversion {
         w.set("llama.rope.dimension_count", .uint32(UInt32(c.headDim)))
         w.set("llama.attention.layer_norm_rms_epsilon", .float32(c.rmsNormEpsilon))
         w.set("llama.vocab_size", .uint32(UInt32(c.vocabularySize)))
+        tokenizer?.addMetadata(to: &w)
 
         func add(_ ggufName: String, _ hfName: String, shape: [Int], permuteHeads: Int? = nil) throws {
             let (file, info) = try checkpoint.checkedInfo(hfName, shape: shape)

@@ -22,10 +22,7 @@ public struct ParityDump {
     /// Runs `model` on `tokenIds`, image-token positions filled with the tokens of `images` in order.
     public static func run(model: SmolVLM, tokenIds: [Int], images: [Image], imageNames: [String] = []) throws -> ParityDump {
         guard !tokenIds.isEmpty else { throw KVCError("no token ids given") }
-        let imageTokens: [[Float]] = try images.enumerated().map { i, image in
-            guard let vision = model.vision else { throw KVCError("this model (\(model.directory)) has no vision tower") }
-            return try vision.tokens(for: image, name: i < imageNames.count ? imageNames[i] : "image \(i)")
-        }
+        let imageTokens = try model.imageTokens(for: images, names: imageNames)
         let (pieces, _) = try model.prompt(tokenIds: tokenIds, imageTokens: imageTokens)
         return try run(decoder: model.decoder, prompt: pieces)
     }

@@ -14,6 +14,9 @@ public final class SmolVLM {
     public let directory: String
     public let config: HFModelConfig
     public let decoder: LlamaModel
+    /// The decoder with the directory's tokenizer, when `tokenizer.json` is present and of a supported kind
+    /// (`HFTokenizerJSON`); nil otherwise — token ids still work, text prompts do not.
+    public let backbone: Backbone?
     public let vision: ImageEncoder?
 
     /// The vision side of an Idefics3 model: preprocessing, SigLIP tower and connector.
@@ -43,8 +46,9 @@ public final class SmolVLM {
         }
     }
 
-    /// Loads `config.json`, the safetensors weights (single file or shards) and, for Idefics3,
-    /// `preprocessor_config.json` (defaults with a warning when absent).
+    /// Loads `config.json`, the safetensors weights (single file or shards), `tokenizer.json` when present (an
+    /// unsupported one is skipped with a warning) and, for Idefics3, `preprocessor_config.json` (defaults with a
+    /// warning when absent).
     /// - Throws: `KVCError` naming the file and field or tensor at fault.
     public init(directory: String, warn: (String) -> Void = standardErrorWarning) throws {
         self.directory = directory
@@ -54,14 +58,37 @@ public final class SmolVLM {
         }
         config = try HFModelConfig.read(path: configPath)
         let checkpoint = try HFCheckpoint(directory: directory)
+        var tokenizer: HFTokenizerJSON?
+        if FileManager.default.fileExists(atPath: (directory as NSString).appendingPathComponent("tokenizer.json")) {
+            do {
+                tokenizer = try HFTokenizerJSON.read(directory: directory)
+            } catch let error as KVCError {
+                warn("\(error.message); text prompts are unavailable, token ids still work")
+            }
+        }
+        let text: HFLlamaConfig, prefix: String
         switch config {
-        case .llama(let text):
-            decoder = try HFLlamaConversion.loadModel(checkpoint: checkpoint, config: text, prefix: "model.")
-            vision = nil
-        case .idefics3(let c):
-            decoder = try HFLlamaConversion.loadModel(checkpoint: checkpoint, config: c.text, prefix: "model.text_model.")
+        case .llama(let c): (text, prefix) = (c, "model.")
+        case .idefics3(let c): (text, prefix) = (c.text, "model.text_model.")
+        }
+        let file = try HFLlamaConversion.convert(checkpoint: checkpoint, config: text, prefix: prefix, tokenizer: tokenizer)
+        backbone = tokenizer == nil ? nil : try Backbone(file: file)
+        decoder = try backbone?.model ?? LlamaModel(file: file)
+        if case .idefics3(let c) = config {
             let processor = try Idefics3ImageProcessor.load(directory: directory, imageSize: c.vision.imageSize, warn: warn)
             vision = try ImageEncoder(checkpoint: checkpoint, config: c, processor: processor)
+        } else {
+            vision = nil
+        }
+    }
+
+    /// Each image's tokens (see `ImageEncoder.tokens(for:)`); `names` label the images in errors.
+    /// - Throws: `KVCError` when the model has no vision tower or an image cannot be preprocessed.
+    public func imageTokens(for images: [Image], names: [String] = []) throws -> [[Float]] {
+        guard !images.isEmpty else { return [] }
+        guard let vision else { throw KVCError("this model (\(directory)) has no vision tower; it takes no images") }
+        return try images.enumerated().map { i, image in
+            try vision.tokens(for: image, name: i < names.count ? names[i] : "image \(i)")
         }
     }
 

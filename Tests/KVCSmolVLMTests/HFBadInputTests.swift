@@ -81,11 +81,16 @@ final class HFBadInputTests: XCTestCase {
         let dir = try Fixture.directory("idefics3")
         let model = try SmolVLM(directory: dir)
         let image = try Image.load(path: dir + "/image.png")
+        let imageToken = try XCTUnwrap(model.imageTokenId)
         assertKVCError(["8 image tokens", "9 each"]) {
-            _ = try ParityDump.run(model: model, tokenIds: [1, 2] + Array(repeating: 100, count: 8), images: [image])
+            _ = try ParityDump.run(model: model, tokenIds: [1, 2] + Array(repeating: imageToken, count: 8), images: [image])
         }
         assertKVCError(["9 image tokens", "0 image(s)"]) {
-            _ = try ParityDump.run(model: model, tokenIds: Array(repeating: 100, count: 9), images: [])
+            _ = try ParityDump.run(model: model, tokenIds: Array(repeating: imageToken, count: 9), images: [])
+        }
+        assertKVCError(["not contiguous"]) {
+            _ = try ParityDump.run(model: model, tokenIds: Array(repeating: imageToken, count: 4) + [5]
+                                   + Array(repeating: imageToken, count: 5), images: [image])
         }
     }
 }

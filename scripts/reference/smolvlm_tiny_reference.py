@@ -26,17 +26,42 @@ import torch
 import transformers
 from PIL import Image
 from safetensors.torch import save_file
-from transformers import Idefics3Config, Idefics3ForConditionalGeneration, LlamaConfig, LlamaForCausalLM
+from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor, LlamaConfig, LlamaForCausalLM
 from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil as Idefics3ImageProcessor
 
 SEED = 1234
-IMAGE_TOKEN_ID = 100
-# Token ids of the parity sequence: text, 9 image tokens (a 3x3 grid after pixel shuffle), text.
-TOKENS_AROUND_IMAGE = ([1, 10, 20, 5], [6, 30, 40, 50, 2, 77, 3])
+# The parity prompt, in SmolVLM's chat format; the processor expands <image> into
+# <fake_token_around_image><global-img> + 9 x <image> + <fake_token_around_image> (one global image, no tiles).
+PROMPT = "<|im_start|>User:<image>What is the red shape in 2024?<end_of_utterance>\nAssistant:"
+# Texts whose token ids the tokenizer test checks (digits split, spaces, punctuation, special tokens in text).
+TOKENIZER_TEXTS = ["Hello world! The red circle is 12345 pixels wide.", "<|im_start|>user\nshape?<|im_end|>\n",
+                   "  double  spaces\tand tabs, don't stop"]
+CORPUS = ["the red circle is above the blue square", "what colour is the shape? it is green",
+          "is there a triangle in the image? yes, there is", "numbers like 2024 and 12345 are split into digits",
+          "Hello world, hello there. What is the shape in the picture?"] * 20
 
 
-def text_config(layers, tie):
-    return dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=layers,
+def make_tokenizer():
+    """A small byte-level BPE like SmolLM2's (digits split one by one, then GPT-2 byte-level), with SmolVLM's
+    added tokens, wrapped as transformers saves it (tokenizer.json)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   unk_token="<|endoftext|>", pad_token="<|endoftext|>")
+    fast.add_special_tokens({"additional_special_tokens": ["<fake_token_around_image>", "<image>",
+                                                           "<end_of_utterance>", "<global-img>"]})
+    return fast
+
+
+def text_config(layers, tie, vocab=128):
+    return dict(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=layers,
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5,
                 rope_theta=100000.0, tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2, pad_token_id=0)
 
@@ -88,36 +113,41 @@ def test_image(size):
 def make_idefics3(out):
     os.makedirs(out, exist_ok=True)
     torch.manual_seed(SEED)
+    tokenizer = make_tokenizer()
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                   image_size=48, patch_size=8, layer_norm_eps=1e-6)
-    config = Idefics3Config(vision_config=vision, text_config=text_config(3, tie=False),
-                            image_token_id=IMAGE_TOKEN_ID, scale_factor=2)
+    config = Idefics3Config(vision_config=vision, text_config=text_config(3, tie=False, vocab=320),
+                            image_token_id=image_token_id, scale_factor=2)
     model = Idefics3ForConditionalGeneration(config).eval()
     redraw(model, torch.Generator().manual_seed(SEED))
     model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
 
-    processor = Idefics3ImageProcessor(do_image_splitting=False, size={"longest_edge": 48},
-                                       max_image_size={"longest_edge": 48})
-    processor.save_pretrained(out)
+    image_processor = Idefics3ImageProcessor(do_image_splitting=False, size={"longest_edge": 48},
+                                             max_image_size={"longest_edge": 48})
+    image_processor.save_pretrained(out)
     image = test_image(48)
     image.save(os.path.join(out, "image.png"))
-    processed = processor(images=[[image]], return_tensors="pt")
+    processor = Idefics3Processor(image_processor, tokenizer, image_seq_len=(48 // 8) ** 2 // 4)
+    processed = processor(text=[PROMPT], images=[[image]], return_tensors="pt")
     pixels = processed["pixel_values"]
     assert tuple(pixels.shape) == (1, 1, 3, 48, 48), pixels.shape
     # Rescale + normalise of an image already at the encoder's size: check the processor did exactly that.
     manual = (torch.tensor(np.asarray(image), dtype=torch.float32).permute(2, 0, 1) / 255 - 0.5) / 0.5
     assert torch.allclose(pixels[0, 0], manual, atol=1e-6), "processor did more than rescale + normalise"
 
-    tokens_per_image = (48 // 8) ** 2 // 4
-    ids = TOKENS_AROUND_IMAGE[0] + [IMAGE_TOKEN_ID] * tokens_per_image + TOKENS_AROUND_IMAGE[1]
-    input_ids = torch.tensor([ids])
+    input_ids = processed["input_ids"]
     logits, cache = run(model, input_ids=input_ids, pixel_values=pixels,
                         pixel_attention_mask=processed.get("pixel_attention_mask"))
     expected = {"logits": logits, "input_ids": input_ids[0].to(torch.int64),
                 "pixel_values": pixels[0, 0].contiguous()}
     expected.update(cache_tensors(cache, config.text_config.num_hidden_layers))
-    save_file(expected, os.path.join(out, "expected.safetensors"))
-    return ids
+    for i, text in enumerate(TOKENIZER_TEXTS):
+        expected[f"tokenizer.{i}"] = torch.tensor(tokenizer.encode(text, add_special_tokens=False), dtype=torch.int64)
+    metadata = {"prompt": PROMPT, **{f"tokenizer.{i}": t for i, t in enumerate(TOKENIZER_TEXTS)}}
+    save_file(expected, os.path.join(out, "expected.safetensors"), metadata=metadata)
+    return input_ids[0].tolist()
 
 
 def make_llama(out):

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import KVCBackbone
 import KVCCore
+import KVCSmolVLM
 import KVCVision
 
 /// Text generation and perplexity with the frozen backbone: a thin command over `Backbone` and `Perplexity`.
@@ -14,10 +15,24 @@ struct KVCRun: ParsableCommand {
             kvc-run --prompt "What is 2+2?" --chat --max-tokens 64 --temperature 0.7 --seed 1
             kvc-run --perplexity /usr/share/common-licenses/GPL-3 --context 512 --chars 20000
             kvc-run --image assets/easy-vqa/test/images/0.png --prompt "what is the red shape?"
+
+            Hugging Face model directories (SmolVLM / Idefics3, or a Llama; config.json + model.safetensors or shards):
+            kvc-run --model DIR --image photo.png --prompt "Describe the image." --greedy
+            kvc-run --model DIR --image photo.png --token-ids 1,55,300,303,301,...,300,28 --dump out.safetensors
+              (one forward pass on exactly those ids; positions holding the model's image_token_id receive the image
+              features in order; writes float32 logits [T, vocab] and layers.i.key / layers.i.value
+              [kv_heads, T, head_dim], keys after RoPE in transformers' layout, for parity checks)
+            Text prompts need the directory's tokenizer.json (byte-level BPE; others: use --token-ids). With images,
+            --prompt is the user message of SmolVLM's chat format; a single global image per --image (no tiles).
             """)
 
     @Option(help: "Text to continue (with --chat: the user's message).") var prompt: String?
-    @Option(help: "GGUF model file (default: the project's SmolLM2 asset).") var model: String?
+    @Option(help: "GGUF model file (default: the project's SmolLM2 asset), or a Hugging Face model directory.")
+    var model: String?
+    @Option(name: .customLong("token-ids"), help: "With --model DIR: run exactly these comma-separated token ids.")
+    var tokenIds: String?
+    @Option(help: "With --token-ids: write logits and every layer's keys/values (float32 safetensors) to this file.")
+    var dump: String?
     @Option(name: .customLong("max-tokens"), help: "Most tokens to generate.") var maxTokens = 128
     @Flag(help: "Always pick the most likely token.") var greedy = false
     @Option(help: "Sampling temperature (0 = greedy).") var temperature: Float = 0.7
@@ -35,16 +50,33 @@ struct KVCRun: ParsableCommand {
     @Option(name: .customLong("front-end"), help: "VLM front-end checkpoint for --image.")
     var frontEnd = "checkpoints/frontend-easyvqa.safetensors"
 
+    /// `--model` names a Hugging Face directory rather than a GGUF file.
+    var huggingFaceDirectory: String? {
+        var isDirectory: ObjCBool = false
+        guard let model, FileManager.default.fileExists(atPath: model, isDirectory: &isDirectory), isDirectory.boolValue
+        else { return nil }
+        return model
+    }
+
     func validate() throws {
-        if (prompt == nil) == (perplexity == nil) { throw ValidationError("give exactly one of --prompt or --perplexity") }
+        if [prompt != nil, perplexity != nil, tokenIds != nil].filter({ $0 }).count != 1 {
+            throw ValidationError("give exactly one of --prompt, --perplexity or --token-ids")
+        }
+        if dump != nil && tokenIds == nil { throw ValidationError("--dump needs --token-ids") }
+        if tokenIds != nil && huggingFaceDirectory == nil {
+            throw ValidationError("--token-ids needs --model DIR (a Hugging Face model directory)")
+        }
         if maxTokens < 0 { throw ValidationError("--max-tokens must be >= 0") }
         if let threads, threads < 1 { throw ValidationError("--threads must be >= 1") }
         if chars < 0 { throw ValidationError("--chars must be >= 0") }
-        if !image.isEmpty && prompt == nil { throw ValidationError("--image needs --prompt (the question)") }
+        if !image.isEmpty && prompt == nil && tokenIds == nil {
+            throw ValidationError("--image needs --prompt (the question) or --token-ids")
+        }
     }
 
     func run() throws {
         do {
+            if let directory = huggingFaceDirectory { return try runHuggingFace(directory: directory) }
             if !image.isEmpty { return try runVision() }
             let backbone = try Backbone(path: model ?? Assets.smolLM2GGUF)
             if let threads { backbone.model.threads = threads }
@@ -55,9 +87,13 @@ struct KVCRun: ParsableCommand {
         }
     }
 
+    private var generationParameters: GenerationParameters {
+        greedy ? .greedy(maxTokens: maxTokens)
+            : GenerationParameters(maxTokens: maxTokens, temperature: temperature, topK: topK, topP: topP, seed: seed)
+    }
+
     private func runGeneration(_ backbone: Backbone) throws {
-        var parameters = GenerationParameters(maxTokens: maxTokens, temperature: temperature, topK: topK, topP: topP, seed: seed)
-        if greedy { parameters = .greedy(maxTokens: maxTokens) }
+        let parameters = generationParameters
         let ids = chat ? backbone.encodeChat(user: prompt ?? "") : backbone.encode(prompt ?? "")
         let stream = !json
         let result = try backbone.generate(prompt: [.tokens(ids)], parameters: parameters) { _, piece in
@@ -97,6 +133,55 @@ struct KVCRun: ParsableCommand {
                 format: "[%d image(s), %d tokens each; front end %.3f s, prefill %.3f s, decode %.3f s; generated %@]\n",
                 images.count, vlm.frontEnd.tokensPerImage, answer.timing.frontEndSeconds, answer.timing.prefillSeconds,
                 answer.timing.decodeSeconds, String(reflecting: answer.generation)).utf8))
+        }
+    }
+
+    /// A Hugging Face directory (SmolVLM / Idefics3 or Llama): a parity dump, or generation from token ids or text.
+    private func runHuggingFace(directory: String) throws {
+        let vlm = try SmolVLM(directory: directory)
+        if let threads { vlm.decoder.threads = threads }
+        let images = try image.map { try Image.load(path: $0) }
+        let ids: [Int]
+        if let tokenIds {
+            ids = try tokenIds.split(separator: ",").enumerated().map { i, field in
+                guard let id = Int(field.trimmingCharacters(in: .whitespaces)), id >= 0 else {
+                    throw KVCError("--token-ids: entry \(i) ('\(field)') is not a non-negative integer")
+                }
+                return id
+            }
+        } else if vlm.vision != nil && (chat || !images.isEmpty) {
+            ids = try vlm.encode(SmolVLMPrompt.chat(question: prompt ?? "", imageCount: images.count))
+        } else if chat, let backbone = vlm.backbone {
+            ids = backbone.encodeChat(user: prompt ?? "")
+        } else {
+            ids = try vlm.encode(prompt ?? "")
+        }
+        if let dump {
+            let result = try ParityDump.run(model: vlm, tokenIds: ids, images: images, imageNames: image)
+            try result.write(to: dump)
+            let doc: [String: Any] = ["dump": dump, "tokens": result.tokenCount, "layers": result.keys.count,
+                                      "kv_heads": result.kvHeads, "head_dim": result.headDim, "vocab": result.vocabularySize]
+            let data = try JSONSerialization.data(withJSONObject: doc, options: [.sortedKeys, .withoutEscapingSlashes])
+            print(String(decoding: data, as: UTF8.self))
+            return
+        }
+        let stream = !json
+        let start = Date()
+        let tokens = try vlm.generate(tokenIds: ids, images: images, imageNames: image, parameters: generationParameters) { id, piece in
+            if stream { FileHandle.standardOutput.write(Data((vlm.backbone == nil ? "\(id) " : piece).utf8)) }
+            return true
+        }
+        let text = vlm.backbone.map { $0.tokenizer.decode(tokens) }
+        if json {
+            var doc: [String: Any] = ["prompt_tokens": ids, "tokens": tokens]
+            if let text { doc["text"] = text }
+            let data = try JSONSerialization.data(withJSONObject: doc, options: [.sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+        } else {
+            print("")
+            FileHandle.standardError.write(Data(String(format: "[%d prompt tokens, %d image(s), %d generated in %.3f s]\n",
+                                                       ids.count, images.count, tokens.count,
+                                                       Date().timeIntervalSince(start)).utf8))
         }
     }
 
