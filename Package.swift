@@ -25,6 +25,7 @@ let package = Package(
         .library(name: "KVCCapsule", targets: ["KVCCapsule"]),
         .library(name: "KVCBaselines", targets: ["KVCBaselines"]),
         .library(name: "KVCSmolVLM", targets: ["KVCSmolVLM"]),
+        .library(name: "KVCReport", targets: ["KVCReport"]),
         .executable(name: "kvc-demo", targets: ["kvc-demo"]),
         .executable(name: "kvc-run", targets: ["kvc-run"]),
         .executable(name: "kvc-bench", targets: ["kvc-bench"]),
@@ -32,6 +33,7 @@ let package = Package(
         .executable(name: "kvc-train", targets: ["kvc-train"]),
         .executable(name: "kvc-export", targets: ["kvc-export"]),
         .executable(name: "kvc-eval", targets: ["kvc-eval"]),
+        .executable(name: "kvc-report", targets: ["kvc-report"]),
         .executable(name: "kvc-sweep", targets: ["kvc-sweep"]),
     ],
     dependencies: [
@@ -77,6 +79,9 @@ let package = Package(
         .target(name: "KVCSmolVLM", dependencies: ["KVCCore", "KVCGGUF", "KVCBackbone", "KVCVision", "KVCCollect", "KVCTokenizer"],
                 swiftSettings: swiftSettings),
 
+        // Results pages: comparison tables, verdicts and inline SVG plots from sweep, benchmark and training files.
+        .target(name: "KVCReport", dependencies: ["KVCCore"], swiftSettings: swiftSettings),
+
         .executableTarget(name: "kvc-demo", dependencies: [
             "KVCTensor", "KVCVision", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "Sources/Tools/kvc-demo", swiftSettings: swiftSettings),
@@ -102,10 +107,18 @@ let package = Package(
             "KVCTensor", "KVCBackbone", "KVCCollector", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "Sources/Tools/kvc-bench", swiftSettings: swiftSettings),
 
+        .executableTarget(name: "kvc-report", dependencies: [
+            "KVCReport", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], path: "Sources/Tools/kvc-report", swiftSettings: swiftSettings),
+
+        .testTarget(name: "KVCReportTests", dependencies: ["KVCReport"], swiftSettings: swiftSettings),
         .testTarget(name: "KVCCoreTests", dependencies: ["KVCCore"], swiftSettings: swiftSettings),
         .testTarget(name: "KVCCollectTests", dependencies: ["KVCCollect"], swiftSettings: swiftSettings),
         .testTarget(name: "KVCCollectorTests", dependencies: ["KVCCollector"], swiftSettings: swiftSettings),
         .testTarget(name: "KVCCapsuleTests", dependencies: ["KVCCapsule"], swiftSettings: swiftSettings),
+        // Kill/resume, numerical-fault, full-disk and fuzz tests (issue 9); the kill tests run the built executables.
+        .testTarget(name: "KVCRobustnessTests", dependencies: ["KVCCore", "KVCTensor", "KVCCollect", "KVCCapsule", "KVCVision"],
+                    swiftSettings: swiftSettings),
         .testTarget(name: "KVCBaselinesTests", dependencies: ["KVCBaselines"], swiftSettings: swiftSettings),
         .testTarget(name: "KVCTensorTests", dependencies: ["KVCTensor"], swiftSettings: swiftSettings),
         .testTarget(name: "KVCGGUFTests", dependencies: ["KVCGGUF"], resources: [.copy("Fixtures")], swiftSettings: swiftSettings),

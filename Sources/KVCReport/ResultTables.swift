@@ -1,0 +1,83 @@
+import Foundation
+
+/// The comparison tables of a report: every method at every ratio on a task, and the verdicts that the issue asks
+/// for (does KVCapsule beat every eviction baseline at the same bytes, and where not, who wins).
+public struct ComparisonTable {
+    public struct Row {
+        public var record: SweepRecord
+        /// Accuracy minus the full cache's on the same questions, in points (nil when the full cache was not run).
+        public var deltaPoints: Double?
+    }
+
+    public let images: Int
+    public let task: String
+    public let rows: [Row]
+
+    /// Methods that drop or evict tokens (the baselines the capsule must beat at equal bytes).
+    public static let evictionMethods: Set<String> = ["strided", "random", "h2o", "snapkv", "fastv"]
+
+    /// One table per (task, images), rows ordered by ratio, then method, the full cache first.
+    public static func build(from records: [SweepRecord]) -> [ComparisonTable] {
+        let groups = Dictionary(grouping: records) { "\($0.task)\u{1}\($0.images)" }
+        return groups.values.map { group -> ComparisonTable in
+            let fullAccuracy = group.first { $0.method == "full" }?.accuracy
+            let rows = group.sorted {
+                ($0.method == "full" ? -1 : $0.ratio, $0.method) < ($1.method == "full" ? -1 : $1.ratio, $1.method)
+            }.map { r in Row(record: r, deltaPoints: (r.accuracyFull ?? fullAccuracy).map { 100 * (r.accuracy - $0) }) }
+            return ComparisonTable(images: group[0].images, task: group[0].task, rows: rows)
+        }.sorted { ($0.images, $0.task) < ($1.images, $1.task) }
+    }
+
+    /// For each ratio where the capsule ran: which eviction baselines it beats, and which beat or tie it.
+    public var verdicts: [String] {
+        let byRatio = Dictionary(grouping: rows.map(\.record).filter { $0.method != "full" }) { ($0.ratio * 1000).rounded() / 1000 }
+        return byRatio.keys.sorted().compactMap { ratio -> String? in
+            let here = byRatio[ratio]!
+            guard let capsule = here.first(where: { $0.method == "capsule" }) else { return nil }
+            let rivals = here.filter { Self.evictionMethods.contains($0.method) }
+            guard !rivals.isEmpty else { return nil }
+            let better = rivals.filter { $0.accuracy >= capsule.accuracy }
+            let r = SVGChart.format(ratio)
+            if better.isEmpty {
+                let best = rivals.max { $0.accuracy < $1.accuracy }!
+                return "r = \(r): KVCapsule (\(pct(capsule.accuracy))) beats every eviction baseline; the best, "
+                    + "\(best.method), reaches \(pct(best.accuracy))."
+            }
+            return "r = \(r): " + better.map { "\($0.method) (\(pct($0.accuracy)))" }.joined(separator: ", ")
+                + " matches or beats KVCapsule (\(pct(capsule.accuracy)))."
+        }
+    }
+
+    static let columns = ["method", "r nominal", "r measured", "vision KV", "whole KV", "accuracy", "Δ vs full",
+                          "agreement", "top-1 agr.", "KL", "n"]
+
+    func cells(_ row: Row) -> [String] {
+        let r = row.record
+        return [r.method, r.method == "full" ? "0" : SVGChart.format(r.ratio), r.ratioMeasured.map { String(format: "%.3f", $0) } ?? "",
+                r.visionReduction.map { String(format: "%.2fx less", $0) } ?? "",
+                r.cacheReduction.map { String(format: "%.2fx less", $0) } ?? "",
+                pct(r.accuracy), row.deltaPoints.map { String(format: "%+.1f", $0) } ?? "",
+                r.agreement.map(pct) ?? "", r.top1Agreement.map(pct) ?? "", r.kl.map { String(format: "%.4f", $0) } ?? "",
+                String(r.n)]
+    }
+
+    public var title: String { "\(task), \(images) image\(images == 1 ? "" : "s") per prompt" }
+
+    public func markdown() -> String {
+        var s = "| " + Self.columns.joined(separator: " | ") + " |\n"
+        s += "|" + String(repeating: "---|", count: Self.columns.count) + "\n"
+        for row in rows { s += "| " + cells(row).joined(separator: " | ") + " |\n" }
+        return s
+    }
+
+    public func html() -> String {
+        var s = "<table>\n<tr>" + Self.columns.map { "<th>\(escapeXML($0))</th>" }.joined() + "</tr>\n"
+        for row in rows {
+            let highlight = row.record.method == "capsule" ? " class=\"capsule\"" : ""
+            s += "<tr\(highlight)>" + cells(row).map { "<td>\(escapeXML($0))</td>" }.joined() + "</tr>\n"
+        }
+        return s + "</table>\n"
+    }
+}
+
+func pct(_ v: Double) -> String { String(format: "%.1f%%", 100 * v) }
