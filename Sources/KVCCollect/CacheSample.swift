@@ -89,5 +89,13 @@ public struct CacheSample: Equatable, Sendable {
             cursor += g.count
         }
         try check(cursor == n, "grids cover \(cursor) tokens, the vision span has \(n)")
+        // A NaN or infinity in a cache would poison every fit trained on it; name where it sits.
+        for (name, bits, heads, tokens) in [("keys", keys, layout.kvHeads, n), ("values", values, layout.kvHeads, n),
+                                            ("queries", queries, layout.queryHeads, t)] {
+            guard let i = bits.firstIndex(where: { $0 & 0x7C00 == 0x7C00 }) else { continue }
+            let perLayer = heads * tokens * layout.headDim, perHead = tokens * layout.headDim
+            try check(false, "\(name) hold a non-finite float16 (bits 0x\(String(bits[i], radix: 16))) at layer "
+                      + "\(i / perLayer), head \((i % perLayer) / perHead), token \((i % perHead) / layout.headDim)")
+        }
     }
 }

@@ -7,7 +7,9 @@ public enum AtomicFile {
         let url = URL(fileURLWithPath: path)
         let dir = url.deletingLastPathComponent().path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        let tmp = dir + "/." + url.lastPathComponent + ".tmp-\(getpid())"
+        let tmpPrefix = "." + url.lastPathComponent + ".tmp-"
+        removeStaleTemporaries(directory: dir, prefix: tmpPrefix)
+        let tmp = dir + "/" + tmpPrefix + "\(getpid())"
         let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         guard fd >= 0 else { throw KVCError.file(tmp, "cannot create: \(String(cString: strerror(errno)))") }
         var ok = false
@@ -33,6 +35,19 @@ public enum AtomicFile {
             let reason = String(cString: strerror(errno))
             unlink(tmp)
             throw KVCError.file(path, "rename from temporary file failed: \(reason)")
+        }
+        // The rename itself must reach the disk too, or a power cut could bring back the old file (or none).
+        let dirFD = open(dir, O_RDONLY)
+        if dirFD >= 0 { _ = fsync(dirFD); close(dirFD) }
+    }
+
+    /// Deletes temporaries of `prefix` left by writers that no longer run (a SIGKILL between create and rename),
+    /// so interrupted jobs do not pile up half-written copies of large files. Live writers' files are kept.
+    static func removeStaleTemporaries(directory: String, prefix: String) {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return }
+        for name in names where name.hasPrefix(prefix) {
+            guard let pid = pid_t(name.dropFirst(prefix.count)), pid != getpid() else { continue }
+            if kill(pid, 0) != 0 && errno == ESRCH { unlink(directory + "/" + name) }
         }
     }
 

@@ -6,6 +6,18 @@ public struct SeededRandom: RandomNumberGenerator {
 
     public init(seed: UInt64) { state = seed &+ 0x9E37_79B9_7F4A_7C15 }
 
+    /// The whole generator state (SplitMix64 word, cached spare normal), so a checkpoint can continue the stream.
+    public var checkpointState: [UInt64] {
+        [state, spareNormal.map { UInt64($0.bitPattern) } ?? UInt64.max]
+    }
+
+    /// Continues the stream saved by `checkpointState`; nil if `words` is not such a state.
+    public init?(checkpointState words: [UInt64]) {
+        guard words.count == 2, words[1] == UInt64.max || words[1] <= UInt64(UInt32.max) else { return nil }
+        state = words[0]
+        spareNormal = words[1] == UInt64.max ? nil : Float(bitPattern: UInt32(words[1]))
+    }
+
     public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state

@@ -61,8 +61,9 @@ public final class AdamW: Optimizer {
     public let parameters: [Tensor]
     public var learningRate: Float
     public let beta1: Float, beta2: Float, eps: Float, weightDecay: Float
-    public private(set) var stepCount = 0
-    private var m: [TensorStorage], v: [TensorStorage]
+    public internal(set) var stepCount = 0
+    /// First and second moments, one buffer per parameter (internal: `TrainingCheckpoint` saves and restores them).
+    var m: [TensorStorage], v: [TensorStorage]
 
     public init(parameters: [Tensor], learningRate: Float = 1e-3, beta1: Float = 0.9, beta2: Float = 0.999,
                 eps: Float = 1e-8, weightDecay: Float = 0.01) {

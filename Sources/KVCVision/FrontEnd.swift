@@ -38,7 +38,7 @@ public final class FrontEnd: Module {
     }
 
     public func save(to path: String) throws {
-        let encoderConfig = String(decoding: try JSONEncoder().encode(encoder.config), as: UTF8.self)
+        let encoderConfig = try encoder.config.json()   // sorted keys: the same front end always writes the same bytes
         try save(to: path, dtype: .f32, metadata: [
             "kind": Self.checkpointKind, "encoder_config": encoderConfig,
             "projector": "{\"input\":\(projector.first.inFeatures),\"hidden\":\(projector.first.outFeatures),"

@@ -82,20 +82,15 @@ public final class FrontEndAlignment {
     }
 
     private var checkpointPath: String { runDirectory + "/frontend.safetensors" }
-    private var statePath: String { runDirectory + "/state.json" }
+    /// Parameters + AdamW moments + step in one atomically written file (`TrainingCheckpoint`): what resuming reads.
+    private var trainingStatePath: String { runDirectory + "/train-state.safetensors" }
+    /// The run state of builds before `TrainingCheckpoint` (step only); resumed from with a warning.
+    private var legacyStatePath: String { runDirectory + "/state.json" }
     private var metricsPath: String { runDirectory + "/metrics.jsonl" }
 
     /// Trains until `options.steps`, resuming from the run directory's checkpoint if there is one.
     public func run(log: (String) -> Void = { print($0) }) throws {
         try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
-        var start = 0
-        if let data = FileManager.default.contents(atPath: statePath),
-           let state = try? JSONDecoder().decode([String: Int].self, from: data), let step = state["step"] {
-            try frontEnd.load(from: checkpointPath)
-            start = step
-            try truncateMetrics(after: step)
-            log("resuming from step \(step) (\(checkpointPath))")
-        }
         let projectorParams = frontEnd.projector.parameters
         let encoderParams = options.encoderLearningRateScale > 0 ? frontEnd.encoder.parameters : []
         for p in encoderParams { p.requiresGrad = true }
@@ -103,16 +98,22 @@ public final class FrontEndAlignment {
         let optimizer = AdamW(parameters: projectorParams, learningRate: options.learningRate, weightDecay: options.weightDecay)
         let encoderOptimizer = encoderParams.isEmpty ? nil
             : AdamW(parameters: encoderParams, learningRate: options.learningRate, weightDecay: options.weightDecay)
+        var groups = ["projector": optimizer]
+        if let encoderOptimizer { groups["encoder"] = encoderOptimizer }
+        let (start, resumedFirstLoss) = try resume(optimizers: groups, log: log)
+        var firstLoss = resumedFirstLoss, lastCheckpoint = start
         let schedule = WarmupCosineSchedule(baseLR: options.learningRate, warmupSteps: options.warmupSteps,
                                             totalSteps: options.steps, minLR: options.minLearningRate)
-        let progress = Progress("align front end", total: options.steps - start, unit: "steps")
-        for step in start..<options.steps {
+        let progress = Progress("align front end", total: max(options.steps - start, 0), unit: "steps")
+        for step in start..<max(options.steps, start) {
             let t0 = Date()
             let lr = schedule.learningRate(at: step)
             optimizer.learningRate = lr
             encoderOptimizer?.learningRate = lr * options.encoderLearningRateScale
             let batch = makeBatch(step: step)
             let (lossValue, norm) = try trainStep(batch, step: step, optimizers: [optimizer] + (encoderOptimizer.map { [$0] } ?? []))
+            firstLoss = firstLoss ?? lossValue
+            try checkDivergence(loss: lossValue, firstLoss: firstLoss!, step: step + 1, lastCheckpoint: lastCheckpoint)
             var report = StepReport(step: step + 1, loss: lossValue, learningRate: Double(lr), gradNorm: Double(norm),
                                     seconds: Date().timeIntervalSince(t0), questions: batch.questions, rows: batch.input.shape[0])
             if (step + 1) % options.evalEvery == 0 || step + 1 == options.steps {
@@ -122,11 +123,69 @@ public final class FrontEndAlignment {
             }
             try appendMetrics(report)
             if (step + 1) % options.checkpointEvery == 0 || step + 1 == options.steps {
+                // The training state first: it alone decides where a resumed run starts.
+                var metadata = ["options": try optionsFingerprint()]
+                metadata["first_loss_bits"] = firstLoss.map { String($0.bitPattern) }
+                try TrainingCheckpoint(step: step + 1, parameters: frontEnd.namedParameters, optimizers: groups,
+                                       metadata: metadata).save(to: trainingStatePath)
+                lastCheckpoint = step + 1
                 try frontEnd.save(to: checkpointPath)
-                try AtomicFile.write("{\"step\":\(step + 1)}", to: statePath)
             }
             progress.advance(status: String(format: "loss %.4f", lossValue))
         }
+    }
+
+    /// A loss this far above where the run started means the run diverged (typically a learning rate too high):
+    /// it stops, naming the step, before anything of it is saved. The limit is `divergenceFactor` x the first step's
+    /// loss, and never below ln(vocabulary) (a uniform guess), which no working projector exceeds.
+    static let divergenceFactor = 3.0
+
+    private func checkDivergence(loss: Double, firstLoss: Double, step: Int, lastCheckpoint: Int) throws {
+        let limit = max(Self.divergenceFactor * firstLoss, Foundation.log(Double(graph.config.vocabularySize)))
+        guard loss <= limit else {
+            throw KVCError(String(format: "front-end alignment diverged: loss %.4f at step %d exceeds %.4f (%.0f x the first "
+                                  + "step's %.4f, at least ln(vocabulary)); nothing after step %d is saved; lower "
+                                  + "learning_rate or raise warmup_steps", loss, step, limit, Self.divergenceFactor, firstLoss,
+                                  lastCheckpoint))
+        }
+    }
+
+    /// Restores parameters and optimizer state from the run directory; returns the step to start at and the first
+    /// step's loss (the divergence reference) if the run had one.
+    private func resume(optimizers: [String: AdamW], log: (String) -> Void) throws -> (step: Int, firstLoss: Double?) {
+        if FileManager.default.fileExists(atPath: trainingStatePath) {
+            let saved = try TrainingCheckpoint.restore(from: trainingStatePath, parameters: frontEnd.namedParameters,
+                                                       optimizers: optimizers)
+            let current = try optionsFingerprint()
+            if let before = saved.metadata["options"], before != current {
+                throw KVCError.file(trainingStatePath, "this run was started with other alignment options (\(before)), "
+                                    + "the recipe now says \(current); resuming would mix two runs: restore the recipe, "
+                                    + "or use another run_dir")
+            }
+            try truncateMetrics(after: saved.step)
+            log("resuming from step \(saved.step) (\(trainingStatePath))")
+            return (saved.step, saved.metadata["first_loss_bits"].flatMap(UInt64.init).map(Double.init(bitPattern:)))
+        }
+        if let data = FileManager.default.contents(atPath: legacyStatePath),
+           let state = try? JSONDecoder().decode([String: Int].self, from: data), let step = state["step"] {
+            try frontEnd.load(from: checkpointPath)
+            try truncateMetrics(after: step)
+            log("resuming from step \(step) (\(checkpointPath), parameters only: this run state predates the optimizer "
+                + "checkpoint, so the result will differ slightly from an uninterrupted run)")
+            return (step, nil)
+        }
+        try truncateMetrics(after: 0)   // lines of a run killed before its first checkpoint
+        return (0, nil)
+    }
+
+    /// The options that decide the numbers a step computes, as sorted JSON. Run length, evaluation and checkpoint
+    /// cadence are left out: extending a run or evaluating more often does not change what the steps compute.
+    private func optionsFingerprint() throws -> String {
+        var o = options
+        o.steps = 0; o.evalEvery = 0; o.evalQuestions = 0; o.checkpointEvery = 0
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return String(decoding: try encoder.encode(o), as: UTF8.self)
     }
 
     /// One optimisation step on `batch`; stops on a non-finite loss or gradient, naming the step.
@@ -135,13 +194,16 @@ public final class FrontEndAlignment {
         let logits = graph.logits(input: batch.input, packing: batch.packing, logitRows: batch.rows)
         let loss = crossEntropyLoss(logits: logits, targets: batch.targets)
         let value = Double(loss.data[0])
-        guard value.isFinite else {
-            throw KVCError("front-end alignment: loss is \(value) at step \(step); stopping (last good checkpoint kept)")
-        }
+        try NumericalFault.checkLoss(value, step: step + 1, context: "front-end alignment")
         loss.backward()
         let norm = clipGradNorm(optimizers.flatMap(\.parameters), maxNorm: options.clipNorm)
-        guard norm.isFinite else { throw KVCError("front-end alignment: gradient norm is \(norm) at step \(step)") }
+        if !norm.isFinite {
+            try NumericalFault.checkGradients(frontEnd.namedParameters, step: step + 1, context: "front-end alignment")
+            throw KVCError("front-end alignment: gradient norm is \(norm) at step \(step + 1); stopping (the last good "
+                           + "checkpoint is kept)")
+        }
         for o in optimizers { o.step() }
+        try NumericalFault.checkValues(frontEnd.namedParameters, step: step + 1, context: "front-end alignment")
         return (value, norm)
     }
 

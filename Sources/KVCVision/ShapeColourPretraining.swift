@@ -107,16 +107,18 @@ public enum ShapeColourPretraining {
         let head = ShapeColourHead(tokenDim: config.tokenDim, rng: &rng)
         print("encoder: \(encoder.parameterCount) parameters, grid \(config.gridSide)x\(config.gridSide) of "
               + "\(config.tokenDim)-d tokens")
-        var metrics = ""
         let encoderJSON = JSONEncoder()
         encoderJSON.outputFormatting = [.sortedKeys]
-        let reports = try self.train(encoder: encoder, head: head, train: train, test: test, options: options) { r in
+        let statePath = output + ".train-state"
+        let reports = try self.train(encoder: encoder, head: head, train: train, test: test, options: options,
+                                     statePath: statePath) { all in
+            let r = all.last!
             print(String(format: "epoch %d: loss %.4f, %.1f s (%.0f images/s), test shape %.2f%% colour %.2f%% both %.2f%%",
                          r.epoch, r.trainLoss, r.trainSeconds, r.imagesPerSecond, 100 * r.test.shape,
                          100 * r.test.colour, 100 * r.test.both))
             if let metricsPath {
-                metrics += String(decoding: try encoderJSON.encode(r), as: UTF8.self) + "\n"
-                try AtomicFile.write(metrics, to: metricsPath)
+                let lines = try all.map { String(decoding: try encoderJSON.encode($0), as: UTF8.self) + "\n" }
+                try AtomicFile.write(lines.joined(), to: metricsPath)
             }
         }
         if let last = reports.last {
@@ -126,16 +128,19 @@ public enum ShapeColourPretraining {
                 "test_colour_accuracy": String(format: "%.4f", last.test.colour),
                 "epochs": "\(options.epochs)", "seed": "\(options.seed)",
             ])
+            try? FileManager.default.removeItem(atPath: statePath)   // the encoder file now marks the stage done
         }
         return reports
     }
 
     /// Trains `encoder` and `head` on the training split; evaluates on the test split after every epoch.
-    /// `report` is called after each epoch (for a JSONL log). A non-finite loss stops training with an error
-    /// naming the epoch and step.
+    /// `report` is called after each epoch with the reports so far (for a JSONL log). A non-finite loss stops
+    /// training with an error naming the epoch and step. With `statePath`, the state after every epoch (parameters,
+    /// optimizer moments, data-order random stream, reports) is saved there as a `TrainingCheckpoint`, and a run
+    /// that finds one continues from it, bit-identically to an uninterrupted run.
     public static func train(encoder: VisionEncoder, head: ShapeColourHead, train: EasyVQASplit, test: EasyVQASplit,
-                             options: Options = Options(),
-                             report: (EpochReport) throws -> Void = { _ in }) throws -> [EpochReport] {
+                             options: Options = Options(), statePath: String? = nil,
+                             report: ([EpochReport]) throws -> Void = { _ in }) throws -> [EpochReport] {
         precondition(train.images.side == encoder.config.imageSide,
                      "ShapeColourPretraining: images are \(train.images.side) px, encoder expects \(encoder.config.imageSide)")
         let targets = Targets(images: train.images, labels: EasyVQALabels(questions: train.questions))
@@ -148,7 +153,24 @@ public enum ShapeColourPretraining {
         var rng = SeededRandom(seed: options.seed)
         var reports: [EpochReport] = []
         var step = 0
-        for epoch in 1...options.epochs {
+        let parameters = encoder.namedParameters.map { ("encoder.\($0.name)", $0.tensor) }
+            + head.namedParameters.map { ("head.\($0.name)", $0.tensor) }
+        // Everything that changes what an epoch computes; a saved state made under other options is refused.
+        let optionsKey = "batch \(options.batchSize) lr \(options.learningRate) wd \(options.weightDecay) warmup "
+            + "\(options.warmupSteps) augment \(options.augment) seed \(options.seed) epochs \(options.epochs)"
+        if let statePath, FileManager.default.fileExists(atPath: statePath) {
+            let saved = try TrainingCheckpoint.restore(from: statePath, parameters: parameters, optimizers: ["adamw": optimizer])
+            guard saved.metadata["options"] == optionsKey else {
+                throw KVCError.file(statePath, "saved under other stage-1 options (\(saved.metadata["options"] ?? "none")), "
+                                    + "the recipe now says \(optionsKey): delete it to start stage 1 again")
+            }
+            guard let data = saved.random["data"], let json = saved.metadata["reports"],
+                  let done = try? JSONDecoder().decode([EpochReport].self, from: Data(json.utf8)) else {
+                throw KVCError.file(statePath, "stage-1 state lacks its data-order stream or epoch reports")
+            }
+            (rng, step, reports) = (data, saved.step, done)
+        }
+        for epoch in (reports.count + 1)..<(options.epochs + 1) {
             var order = Array(0..<targets.rows.count)
             rng.shuffle(&order)
             let meter = Progress("stage-1 epoch \(epoch)/\(options.epochs)", total: order.count, unit: "images",
@@ -181,7 +203,14 @@ public enum ShapeColourPretraining {
                                 trainSeconds: seconds, imagesPerSecond: Double(targets.rows.count) / seconds,
                                 test: accuracy)
             reports.append(r)
-            try report(r)
+            if let statePath {
+                try TrainingCheckpoint(step: step, parameters: parameters, optimizers: ["adamw": optimizer],
+                                       random: ["data": rng],
+                                       metadata: ["options": optionsKey,
+                                                  "reports": String(decoding: try JSONEncoder().encode(reports), as: UTF8.self)])
+                    .save(to: statePath)
+            }
+            try report(reports)
         }
         return reports
     }
