@@ -2,17 +2,19 @@ import Foundation
 import KVCCore
 import KVCVision
 
-/// Image preprocessing as a model directory's `preprocessor_config.json` says (`Idefics3ImageProcessor`), for a
-/// single global image (no splitting into tiles): convert to RGB, resize to the vision tower's square input,
-/// rescale (`rescale_factor`, 1/255), normalise (`image_mean`, `image_std`).
-///
-/// Resizing differs from transformers' in one respect, stated plainly: transformers resamples with PIL's Lanczos
-/// filter (`resample: 1`), this uses bilinear (`Image.resized`). Images already at the input size — what the parity
-/// fixture uses — are not resampled at all, so their pixels agree exactly.
+/// Image preprocessing as a model directory's `preprocessor_config.json` says (transformers'
+/// `Idefics3ImageProcessor` with its PIL backend), for a single global image (no splitting into tiles):
+/// RGB; with `do_resize`, the longest edge to `size.longest_edge` keeping the aspect ratio (odd short edges rounded
+/// up to even, at most 4096); then the square global image at the vision tower's `image_size`; rescale
+/// (`rescale_factor`, 1/255) and normalise (`image_mean`, `image_std`). Resampling is Pillow's, bit for bit
+/// (`PILResample`, `resample` 1 = Lanczos as Idefics3 uses, 2 bilinear, 3 bicubic).
 public struct Idefics3ImageProcessor: Equatable, Sendable {
     /// Side of the square the image is resized to (the vision tower's `image_size`).
     public var imageSize: Int
     public var doResize: Bool
+    /// `size.longest_edge`: the first, aspect-preserving resize.
+    public var longestEdge: Int
+    public var resample: PILResample
     public var doRescale: Bool
     public var rescaleFactor: Float
     public var doNormalize: Bool
@@ -21,14 +23,17 @@ public struct Idefics3ImageProcessor: Equatable, Sendable {
 
     /// The defaults of transformers' `Idefics3ImageProcessor` (mean = std = 0.5, rescale 1/255) at `imageSize`.
     public static func defaults(imageSize: Int) -> Idefics3ImageProcessor {
-        Idefics3ImageProcessor(imageSize: imageSize, doResize: true, doRescale: true, rescaleFactor: 1 / 255,
-                               doNormalize: true, mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5])
+        Idefics3ImageProcessor(imageSize: imageSize, doResize: true, longestEdge: 4 * 364, resample: .lanczos,
+                               doRescale: true, rescaleFactor: 1 / 255, doNormalize: true, mean: [0.5, 0.5, 0.5],
+                               std: [0.5, 0.5, 0.5])
     }
 
-    public init(imageSize: Int, doResize: Bool, doRescale: Bool, rescaleFactor: Float, doNormalize: Bool,
-                mean: [Float], std: [Float]) {
+    public init(imageSize: Int, doResize: Bool, longestEdge: Int, resample: PILResample, doRescale: Bool,
+                rescaleFactor: Float, doNormalize: Bool, mean: [Float], std: [Float]) {
         self.imageSize = imageSize
         self.doResize = doResize
+        self.longestEdge = longestEdge
+        self.resample = resample
         self.doRescale = doRescale
         self.rescaleFactor = rescaleFactor
         self.doNormalize = doNormalize
@@ -44,12 +49,22 @@ public struct Idefics3ImageProcessor: Equatable, Sendable {
         let path = (directory as NSString).appendingPathComponent("preprocessor_config.json")
         var p = defaults(imageSize: imageSize)
         guard FileManager.default.fileExists(atPath: path) else {
-            warn("\(path) not found; using Idefics3's default preprocessing (resize to \(imageSize)x\(imageSize), "
-                 + "rescale 1/255, mean 0.5, std 0.5)")
+            warn("\(path) not found; using Idefics3's default preprocessing (Lanczos resize, longest edge 1456, then "
+                 + "\(imageSize)x\(imageSize); rescale 1/255, mean 0.5, std 0.5)")
             return p
         }
         let f = try JSONFields.read(path)
         p.doResize = try f.bool("do_resize", default: true)
+        if let size = try f.object("size") {
+            guard size.has("longest_edge") else { throw size.error("longest_edge", "is missing (Idefics3 sizes by longest edge)") }
+            p.longestEdge = try size.int("longest_edge")
+            guard (1...4096).contains(p.longestEdge) else { throw size.error("longest_edge", "must be 1...4096") }
+        }
+        let resample = try f.int("resample", default: 1)
+        guard let filter = PILResample(rawValue: resample) else {
+            throw f.error("resample", "is \(resample); supported: 1 (Lanczos), 2 (bilinear), 3 (bicubic)")
+        }
+        p.resample = filter
         p.doRescale = try f.bool("do_rescale", default: true)
         p.rescaleFactor = Float(try f.double("rescale_factor", default: 1.0 / 255))
         p.doNormalize = try f.bool("do_normalize", default: true)
@@ -73,16 +88,13 @@ public struct Idefics3ImageProcessor: Equatable, Sendable {
     }
 
     /// Planar `[3, imageSize, imageSize]` floats for the vision tower.
-    /// - Throws: `KVCError` when resizing is off and the image is not already the input size.
     public func pixels(_ image: Image, name: String = "image") throws -> [Float] {
         var image = image
-        if image.width != imageSize || image.height != imageSize {
-            guard doResize else {
-                throw KVCError.file(name, "image is \(image.width)x\(image.height) but do_resize is false and the vision "
-                                    + "tower takes \(imageSize)x\(imageSize)")
-            }
-            image = image.resized(width: imageSize, height: imageSize)
+        if doResize {
+            let (width, height) = Self.aspectPreservingSize(width: image.width, height: image.height, longestEdge: longestEdge)
+            image = resample.resize(image, width: width, height: height)
         }
+        image = resample.resize(image, width: imageSize, height: imageSize)
         let plane = imageSize * imageSize
         var out = [Float](repeating: 0, count: 3 * plane)
         for ch in 0..<3 {
@@ -94,6 +106,34 @@ public struct Idefics3ImageProcessor: Equatable, Sendable {
             }
         }
         return out
+    }
+}
+
+extension Idefics3ImageProcessor {
+    /// transformers' `get_resize_output_image_size` for Idefics3: the longest edge becomes `longestEdge`, the other
+    /// follows the aspect ratio (truncated, then rounded up to even), and both are capped at 4096.
+    static func aspectPreservingSize(width: Int, height: Int, longestEdge: Int) -> (width: Int, height: Int) {
+        let aspect = Double(width) / Double(height)
+        var w: Int, h: Int
+        if width >= height {
+            w = longestEdge
+            h = Int(Double(w) / aspect)
+            if h % 2 != 0 { h += 1 }
+        } else {
+            h = longestEdge
+            w = Int(Double(h) * aspect)
+            if w % 2 != 0 { w += 1 }
+        }
+        (w, h) = (max(w, 1), max(h, 1))
+        let cap = 4096, capAspect = Double(w) / Double(h)
+        if w >= h && w > cap {
+            w = cap
+            h = Int(Double(w) / capAspect)
+        } else if h > w && h > cap {
+            h = cap
+            w = Int(Double(h) * capAspect)
+        }
+        return (max(w, 1), max(h, 1))
     }
 }
 

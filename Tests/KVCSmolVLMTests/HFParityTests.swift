@@ -29,6 +29,24 @@ final class HFParityTests: XCTestCase {
         try assertParity(dump, expected, layers: 3, label: "idefics3")
     }
 
+    /// Images of other sizes: the processor's two Lanczos resizes (aspect-preserving to `size.longest_edge`, then the
+    /// square global image) reproduced to the 8-bit value, upscaling and downscaling.
+    func testResizingMatchesThePILImageProcessor() throws {
+        let dir = try Fixture.directory("idefics3")
+        let expected = try SafetensorsFile(path: dir + "/expected.safetensors")
+        let processor = try XCTUnwrap(SmolVLM(directory: dir).vision?.processor)
+        XCTAssertEqual(processor.resample, .lanczos)
+        for name in ["resize_wide", "resize_tall"] {
+            let image = try Image.load(path: dir + "/\(name).png")
+            XCTAssertNotEqual(image.width, processor.imageSize)
+            let reference = try expected.floats("\(name).pixel_values")
+            let ours = try processor.pixels(image)
+            var largest: Float = 0
+            for i in ours.indices { largest = max(largest, abs(ours[i] - reference[i])) }
+            XCTAssertLessThanOrEqual(largest, 1e-6, "\(name): largest pixel difference \(largest) (one 8-bit step is \(2.0 / 255))")
+        }
+    }
+
     func testLlamaParityWithTransformersFromShards() throws {
         let dir = try Fixture.directory("llama")
         XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/model.safetensors.index.json"))

@@ -36,6 +36,8 @@ PROMPT = "<|im_start|>User:<image>What is the red shape in 2024?<end_of_utteranc
 # Texts whose token ids the tokenizer test checks (digits split, spaces, punctuation, special tokens in text).
 TOKENIZER_TEXTS = ["Hello world! The red circle is 12345 pixels wide.", "<|im_start|>user\nshape?<|im_end|>\n",
                    "  double  spaces\tand tabs, don't stop"]
+# Sizes (width, height) for the resampling test: upscaling a wide image, downscaling a tall one.
+RESIZE_CASES = {"resize_wide": (37, 23), "resize_tall": (70, 101)}
 CORPUS = ["the red circle is above the blue square", "what colour is the shape? it is green",
           "is there a triangle in the image? yes, there is", "numbers like 2024 and 12345 are split into digits",
           "Hello world, hello there. What is the shape in the picture?"] * 20
@@ -101,11 +103,12 @@ def run(model, **inputs):
     return result.logits[0].float().contiguous(), cache
 
 
-def test_image(size):
+def test_image(size, height=None):
     """A deterministic picture with structure at every scale (gradients, a disc, stripes)."""
-    y, x = np.mgrid[0:size, 0:size].astype(np.float64)
+    height = height or size
+    y, x = np.mgrid[0:height, 0:size].astype(np.float64)
     r = 255 * x / (size - 1)
-    g = 255 * ((x - size / 2) ** 2 + (y - size / 3) ** 2 < (size / 4) ** 2)
+    g = 255 * ((x - size / 2) ** 2 + (y - height / 3) ** 2 < (min(size, height) / 4) ** 2)
     b = 127.5 + 127.5 * np.sin(y / 3.0)
     return Image.fromarray(np.stack([r, g, b], -1).round().astype(np.uint8), "RGB")
 
@@ -143,6 +146,11 @@ def make_idefics3(out):
     expected = {"logits": logits, "input_ids": input_ids[0].to(torch.int64),
                 "pixel_values": pixels[0, 0].contiguous()}
     expected.update(cache_tensors(cache, config.text_config.num_hidden_layers))
+    # Resampling: images of other sizes go through the processor's two Lanczos resizes (aspect, then square).
+    for name, (w, h) in RESIZE_CASES.items():
+        picture = test_image(w, h)
+        picture.save(os.path.join(out, f"{name}.png"))
+        expected[f"{name}.pixel_values"] = image_processor(images=[[picture]], return_tensors="pt")["pixel_values"][0, 0]
     for i, text in enumerate(TOKENIZER_TEXTS):
         expected[f"tokenizer.{i}"] = torch.tensor(tokenizer.encode(text, add_special_tokens=False), dtype=torch.int64)
     metadata = {"prompt": PROMPT, **{f"tokenizer.{i}": t for i, t in enumerate(TOKENIZER_TEXTS)}}

@@ -138,7 +138,9 @@ struct KVCRun: ParsableCommand {
 
     /// A Hugging Face directory (SmolVLM / Idefics3 or Llama): a parity dump, or generation from token ids or text.
     private func runHuggingFace(directory: String) throws {
+        let loadStart = Date()
         let vlm = try SmolVLM(directory: directory)
+        let loadSeconds = Date().timeIntervalSince(loadStart)
         if let threads { vlm.decoder.threads = threads }
         let images = try image.map { try Image.load(path: $0) }
         let ids: [Int]
@@ -157,10 +159,13 @@ struct KVCRun: ParsableCommand {
             ids = try vlm.encode(prompt ?? "")
         }
         if let dump {
+            let forwardStart = Date()
             let result = try ParityDump.run(model: vlm, tokenIds: ids, images: images, imageNames: image)
+            let forwardSeconds = Date().timeIntervalSince(forwardStart)
             try result.write(to: dump)
             let doc: [String: Any] = ["dump": dump, "tokens": result.tokenCount, "layers": result.keys.count,
-                                      "kv_heads": result.kvHeads, "head_dim": result.headDim, "vocab": result.vocabularySize]
+                                      "kv_heads": result.kvHeads, "head_dim": result.headDim, "vocab": result.vocabularySize,
+                                      "load_seconds": loadSeconds, "forward_seconds": forwardSeconds]
             let data = try JSONSerialization.data(withJSONObject: doc, options: [.sortedKeys, .withoutEscapingSlashes])
             print(String(decoding: data, as: UTF8.self))
             return
