@@ -42,12 +42,14 @@ public struct SigLIPVisionConfig: Equatable, Sendable {
 }
 
 /// What a Hugging Face model directory's `config.json` describes: an Idefics3 / SmolVLM vision-language model
-/// (`Idefics3ForConditionalGeneration`) or a plain Llama decoder (`LlamaForCausalLM`).
+/// (`Idefics3ForConditionalGeneration`, or SmolVLM2's `SmolVLMForConditionalGeneration`: the same network, tensor
+/// names and outputs under another class name) or a plain Llama decoder (`LlamaForCausalLM`).
 public enum HFModelConfig: Equatable, Sendable {
     case idefics3(Idefics3Config)
     case llama(HFLlamaConfig)
 
-    public static let supportedArchitectures = ["Idefics3ForConditionalGeneration", "LlamaForCausalLM"]
+    public static let supportedArchitectures = ["Idefics3ForConditionalGeneration", "SmolVLMForConditionalGeneration",
+                                                "LlamaForCausalLM"]
 
     /// Reads `config.json` and decides by `architectures` (or `model_type` when that list is absent).
     /// - Throws: `KVCError` naming the file and the field for an unsupported architecture or a bad value.
@@ -63,6 +65,7 @@ public enum HFModelConfig: Equatable, Sendable {
         } else {
             switch modelType {
             case "idefics3": architecture = "Idefics3ForConditionalGeneration"
+            case "smolvlm": architecture = "SmolVLMForConditionalGeneration"
             case "llama": architecture = "LlamaForCausalLM"
             default:
                 throw f.error("model_type", "is '\(modelType)' and 'architectures' is absent; supported: "
@@ -70,7 +73,7 @@ public enum HFModelConfig: Equatable, Sendable {
             }
         }
         switch architecture {
-        case "Idefics3ForConditionalGeneration": return .idefics3(try Idefics3Config(f))
+        case "Idefics3ForConditionalGeneration", "SmolVLMForConditionalGeneration": return .idefics3(try Idefics3Config(f))
         case "LlamaForCausalLM": return .llama(try HFLlamaConfig(f))
         default:
             throw f.error("architectures", "is ['\(architecture)']; supported: \(supportedArchitectures)")
@@ -93,7 +96,7 @@ public struct Idefics3Config: Equatable, Sendable {
     init(_ f: JSONFields) throws {
         let modelType = try f.string("model_type", default: "idefics3")
         guard modelType == "idefics3" || modelType == "smolvlm" else {
-            throw f.error("model_type", "is '\(modelType)' for architecture Idefics3ForConditionalGeneration")
+            throw f.error("model_type", "is '\(modelType)' for an Idefics3 / SmolVLM architecture")
         }
         vision = try SigLIPVisionConfig(f.object("vision_config") ?? JSONFields(path: f.path, prefix: "vision_config.", object: [:]))
         // The top-level tie_word_embeddings is Idefics3's own (default false); a text_config value overrides it.

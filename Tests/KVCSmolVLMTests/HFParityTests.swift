@@ -29,6 +29,20 @@ final class HFParityTests: XCTestCase {
         try assertParity(dump, expected, layers: 3, label: "idefics3")
     }
 
+    /// SmolVLM2's class name loads the same network (the reference script checks transformers gives the same outputs).
+    func testSmolVLMClassNameLoadsTheSameNetwork() throws {
+        let dir = try Fixture.copy("idefics3")
+        try Fixture.editConfig(dir) { config in
+            config["architectures"] = ["SmolVLMForConditionalGeneration"]
+            config["model_type"] = "smolvlm"
+        }
+        let expected = try SafetensorsFile(path: dir + "/expected.safetensors")
+        let model = try SmolVLM(directory: dir)
+        let dump = try ParityDump.run(model: model, tokenIds: try expected.ints("input_ids"),
+                                      images: [Image.load(path: dir + "/image.png")])
+        try assertParity(dump, expected, layers: 3, label: "smolvlm class")
+    }
+
     /// Images of other sizes: the processor's two Lanczos resizes (aspect-preserving to `size.longest_edge`, then the
     /// square global image) reproduced to the 8-bit value, upscaling and downscaling.
     func testResizingMatchesThePILImageProcessor() throws {

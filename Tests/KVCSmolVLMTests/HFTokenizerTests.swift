@@ -22,6 +22,20 @@ final class HFTokenizerTests: XCTestCase {
         XCTAssertEqual(checked, 3)
     }
 
+    /// Older `tokenizer.json` files write merges as "a b" strings instead of [a, b] pairs.
+    func testMergesWrittenAsStrings() throws {
+        let dir = try Fixture.copy("idefics3")
+        try Fixture.editConfig(dir, file: "tokenizer.json") { json in
+            var model = json["model"] as! [String: Any]
+            model["merges"] = (model["merges"] as! [[String]]).map { $0.joined(separator: " ") }
+            json["model"] = model
+        }
+        let expected = try SafetensorsFile(path: dir + "/expected.safetensors")
+        let backbone = try XCTUnwrap(SmolVLM(directory: dir).backbone)
+        let text = try XCTUnwrap(expected.metadata["tokenizer.0"])
+        XCTAssertEqual(backbone.encode(text), try expected.ints("tokenizer.0"))
+    }
+
     /// The processor's ids for the parity prompt (image placeholder expanded, special tokens in the text).
     func testPromptIdsMatchTheProcessor() throws {
         let dir = try Fixture.directory("idefics3")

@@ -26,7 +26,8 @@ import torch
 import transformers
 from PIL import Image
 from safetensors.torch import save_file
-from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor, LlamaConfig, LlamaForCausalLM
+from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor, LlamaConfig,
+                          LlamaForCausalLM, SmolVLMConfig, SmolVLMForConditionalGeneration)
 from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil as Idefics3ImageProcessor
 
 SEED = 1234
@@ -146,6 +147,15 @@ def make_idefics3(out):
     expected = {"logits": logits, "input_ids": input_ids[0].to(torch.int64),
                 "pixel_values": pixels[0, 0].contiguous()}
     expected.update(cache_tensors(cache, config.text_config.num_hidden_layers))
+    # SmolVLM2's class (`SmolVLMForConditionalGeneration`) is the same network under another name: same tensor names,
+    # same outputs. The Swift tests load this directory relabelled as it.
+    smol = SmolVLMForConditionalGeneration(SmolVLMConfig(**{k: v for k, v in config.to_dict().items()
+                                                            if k in ("vision_config", "text_config", "image_token_id",
+                                                                     "scale_factor")})).eval()
+    smol.load_state_dict(model.state_dict(), strict=True)
+    smol_logits, _ = run(smol, input_ids=input_ids, pixel_values=pixels,
+                         pixel_attention_mask=processed.get("pixel_attention_mask"))
+    assert torch.allclose(smol_logits, logits, rtol=0, atol=1e-5), "SmolVLM and Idefics3 classes differ"
     # Resampling: images of other sizes go through the processor's two Lanczos resizes (aspect, then square).
     for name, (w, h) in RESIZE_CASES.items():
         picture = test_image(w, h)
