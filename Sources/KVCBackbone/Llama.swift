@@ -131,14 +131,23 @@ public final class LlamaModel: @unchecked Sendable {
                            + "model's context length of \(config.contextLength)")
         }
         guard count > 0 else { return [] }
+        return run(embeddings: embeddings, positions: Array(start..<(start + count)), cache: cache, logits: logits,
+                   observeQueries: observeQueries)
+    }
+
+    /// The decoder over one row per entry of `positions` (rotated to that position). Rows of a batch may belong to
+    /// different sequences: then `cache` routes each row's append and attention to its own cache (`BatchedDecoder`).
+    func run(embeddings: UnsafePointer<Float>, positions: [Int], cache: KVCache, logits: LogitRows,
+             observeQueries: QueryObserver? = nil) -> [Float] {
+        let count = positions.count
         let work = Workspace(config: config, count: count)
         work.x.update(from: embeddings, count: count * config.hiddenSize)
         work.queryObserver = observeQueries
-        for position in 0..<count {
-            rope.fillTable(position: start + position, into: work.ropeTables + position * config.headDim)
+        for (row, position) in positions.enumerated() {
+            rope.fillTable(position: position, into: work.ropeTables + row * config.headDim)
         }
         for (index, layer) in layers.enumerated() {
-            layer.forward(work, layerIndex: index, firstPosition: start, cache: cache, model: self)
+            layer.forward(work, layerIndex: index, firstPosition: positions[0], cache: cache, model: self)
         }
         return outputLogits(work, rows: logits)
     }
@@ -276,11 +285,8 @@ private final class Attention {
         }
         work.queryObserver?(layerIndex, work.queries, t, firstPosition)
         cache.append(layer: layerIndex, keys: work.keys, values: work.values, count: t)
-        cache.withLayer(layerIndex) { view in
-            AttentionKernel.run(queries: work.queries, count: t, firstPosition: firstPosition, view: view,
-                                headCount: c.headCount, kvHeadCount: c.kvHeadCount, headDim: d,
-                                output: work.attention, threads: model.threads)
-        }
+        cache.attention(layer: layerIndex, queries: work.queries, count: t, firstPosition: firstPosition,
+                        headCount: c.headCount, output: work.attention, threads: model.threads)
         apply(output, work.attention, count: t, into: work.projected, threads: model.threads)
     }
 }

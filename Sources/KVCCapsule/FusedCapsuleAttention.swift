@@ -1,0 +1,410 @@
+import Dispatch
+import KVCBackbone
+import KVCCore
+
+/// How a compressed capsule cache serves attention.
+public enum CapsuleAttentionMode: String, Sendable, CaseIterable {
+    /// Attention reads the capsule directly and nothing is rebuilt (DESIGN §2.1): the default for serving.
+    case fused
+    /// Every step rebuilds the vision span into a dense scratch buffer for the shared attention kernel
+    /// (paper-faithful; the accuracy reference).
+    case dense
+}
+
+/// What the fused path needs about the compressed span beyond the stored tensors, the same for every layer and head
+/// (built once per cache, on the first fused step): the dropped tokens grouped by how their key is rebuilt.
+///
+/// With the RoPE-equivariant linear reconstructor, a dropped key is `k̂_j = Σ_m M_m k_{n_m}`, where
+/// `M_m = A_m R(-δ_m)` multiplies RoPE pair i by the complex number `w_{m,i} = a_{m,i} e^{iΔ_m θ_i}`
+/// (`a` = the fitted coefficient of the token's neighbour configuration, `Δ_m` = dropped position − neighbour position).
+/// Then `q·k̂_j = Σ_m (M_m^T q)·k_{n_m}`, and `M_m^T q` multiplies each pair of q by `conj(w_{m,i})`. Tokens that share
+/// a configuration and offsets share their transformed queries: one small product per group, slot and query head
+/// per step, then `slots` dot products with retained keys per dropped token.
+struct FusedSpanLayout {
+    struct Group {
+        /// The neighbour offsets the coefficients are fitted for.
+        var configuration: LinearKeyReconstructor.Configuration
+        var slots: Int
+        /// `[slots][headDim]`: RoPE table (cos, sin interleaved) at each slot's position offset Δ.
+        var rotations: [Float]
+        /// Span index of each member (a dropped token).
+        var members: [Int32]
+        /// `[member][slot]`: index of the neighbour among the retained keys.
+        var neighbours: [Int32]
+    }
+
+    let groups: [Group]
+    /// Span index of each retained key, in stored order.
+    let retainedSpan: [Int32]
+    /// Dropped tokens that take part in attention (all of them, except under eviction).
+    let droppedCount: Int
+    /// `[layer * kvHeads + head][group]`: complex coefficients `[slot][pair] (re, im)`.
+    let coefficients: [[[Float]]]
+
+    init(neighbours nb: GridNeighbours, positions: [Int32], keys: KeyReconstruction, rope: RotaryEmbedding,
+         layers: Int, kvHeads: Int) {
+        let d = rope.headDim, pairs = d / 2
+        struct Key: Hashable { var configuration: [GridNeighbours.Offset]; var deltas: [Int] }
+        var index: [Key: Int] = [:]
+        var groups: [Group] = []
+        var evict = false
+        if case .evict = keys { evict = true }
+        for (t, j) in nb.dropped.enumerated() where !evict {
+            var slots = nb.neighbours[t].count
+            if case .nearest = keys { slots = min(slots, 1) }
+            let retained = nb.neighbours[t].prefix(slots)
+            let deltas = retained.map { Int(positions[j]) - Int(positions[nb.retained[$0]]) }
+            let key = Key(configuration: Array(nb.offsets[t].prefix(slots)), deltas: deltas)
+            if index[key] == nil {
+                index[key] = groups.count
+                var rotations = [Float](repeating: 0, count: slots * d)
+                rotations.withUnsafeMutableBufferPointer { r in
+                    for (m, delta) in deltas.enumerated() { rope.fillTable(position: delta, into: r.baseAddress! + m * d) }
+                }
+                groups.append(Group(configuration: key.configuration, slots: slots, rotations: rotations, members: [],
+                                    neighbours: []))
+            }
+            let g = index[key]!
+            groups[g].members.append(Int32(j))
+            groups[g].neighbours += retained.map { Int32($0) }
+        }
+        self.groups = groups
+        retainedSpan = nb.retained.map { Int32($0) }
+        droppedCount = groups.reduce(0) { $0 + $1.members.count }
+        coefficients = (0..<(layers * kvHeads)).map { slot in
+            groups.map { group -> [Float] in
+                switch keys {
+                case .linear(let model):
+                    return model.coefficients(layer: slot / kvHeads, head: slot % kvHeads,
+                                              configuration: group.configuration).values
+                default:   // nearest: the neighbour's key as it is, re-rotated
+                    var one = [Float](repeating: 0, count: group.slots * pairs * 2)
+                    for i in stride(from: 0, to: one.count, by: 2) { one[i] = 1 }
+                    return one
+                }
+            }
+        }
+    }
+}
+
+extension CapsuleCache: FusedAttentionCache {
+    /// The fused attention of one layer (DESIGN §2.1), or `false` to take the dense path: in dense mode, before
+    /// compression, when a query could precede part of the vision span, or for a stored form it does not read.
+    public func attend(layer: Int, queries: UnsafePointer<Float>, count t: Int, firstPosition: Int, headCount: Int,
+                       output: UnsafeMutablePointer<Float>, threads: Int) -> Bool {
+        guard settings.mode == .fused, let capsule, let last = capsule.positions.last, Int(last) < firstPosition,
+              headDim % 8 == 0, headCount % kvHeadCount == 0 else { return false }
+        for slot in (layer * kvHeadCount)..<((layer + 1) * kvHeadCount) {
+            let keys = capsule.retainedKeys[slot]
+            guard keys.precision == .float16 || !keys.scalePerRow else { return false }
+        }
+        if fusedLayout == nil {
+            fusedLayout = FusedSpanLayout(neighbours: capsule.neighbours, positions: capsule.positions, keys: settings.keys,
+                                          rope: rope, layers: layerCount, kvHeads: kvHeadCount)
+        }
+        let layout = fusedLayout!
+        // Text entries: the positions compressed around the span, then this call's new ones (already appended).
+        let textCount = text.withLayer(layer) { $0.count }
+        let textPositionList = textPositions + (0..<max(0, textCount - textPositions.count)).map { Int32(length + $0) }
+        let visible = (0..<t).map { i in textPositionList.prefix { Int($0) <= firstPosition + i }.count }
+        let work = FusedHeadWork(layer: layer, rows: t, group: headCount / kvHeadCount, headDim: headDim,
+                                 rowStride: headCount * headDim, textCount: textCount, visible: visible, layout: layout,
+                                 capsule: capsule, kvHeads: kvHeadCount)
+        return text.withLayer(layer) { view -> Bool in
+            guard case .float16(let textKeys, let textValues) = view.storage else { return false }
+            let perform: (Int) -> Void = { h in
+                work.run(head: h, queries: queries, textKeys: textKeys + h * view.headStride,
+                         textValues: textValues + h * view.headStride, output: output)
+            }
+            let entries = textCount + capsule.neighbours.retained.count + 4 * layout.droppedCount
+            if threads > 1 && t * entries * headCount * headDim > 200_000 {
+                DispatchQueue.concurrentPerform(iterations: kvHeadCount, execute: perform)
+            } else {
+                for h in 0..<kvHeadCount { perform(h) }
+            }
+            return true
+        }
+    }
+}
+
+/// The arithmetic of one layer's fused attention, one KV head (and its group of query heads) at a time.
+private struct FusedHeadWork {
+    let layer: Int
+    let rows: Int
+    let group: Int
+    let headDim: Int
+    let rowStride: Int
+    let textCount: Int
+    let visible: [Int]
+    let layout: FusedSpanLayout
+    let capsule: CapsuleCache.Capsule
+    let kvHeads: Int
+
+    func run(head h: Int, queries: UnsafePointer<Float>, textKeys: UnsafePointer<Float16>,
+             textValues: UnsafePointer<Float16>, output: UnsafeMutablePointer<Float>) {
+        let d = headDim, g = group, pairs = d / 2, slot = layer * kvHeads + h
+        let stored = capsule.retainedKeys[slot]
+        let retained = layout.retainedSpan.count, dropped = layout.droppedCount, n = capsule.positions.count
+        let entries = textCount + retained + dropped
+        let scale = 1 / Float(d).squareRoot()
+        let maxSlots = layout.groups.map(\.slots).max() ?? 0
+        let weights = layout.coefficients[slot]
+        // Column scales of int8 keys fold into the queries: q·(s ⊙ k8) = (q ⊙ s)·k8.
+        let columnScale: [Float]? = stored.precision == .int8 ? HalfConversion.halfToFloat(stored.scales) : nil
+
+        let scratch = Scratch(
+            w: layout.groups.reduce(0) { $0 + $1.slots } * d, u: maxSlots * g * d, q: g * d,
+            scores: rows * g * entries, span: rows * g * n)
+        defer { scratch.free() }
+
+        // Transformed-query weights of this layer and head: w = a ⊙ e^{iΔθ}, per group and slot (row-independent).
+        var wOffsets: [Int] = []
+        var offset = 0
+        for (c, grp) in layout.groups.enumerated() {
+            wOffsets.append(offset)
+            let a = weights[c]
+            for m in 0..<grp.slots {
+                let w = scratch.w + offset + m * d
+                for i in 0..<pairs {
+                    let ar = a[(m * pairs + i) * 2], ai = a[(m * pairs + i) * 2 + 1]
+                    let cr = grp.rotations[m * d + 2 * i], sr = grp.rotations[m * d + 2 * i + 1]
+                    w[2 * i] = ar * cr - ai * sr
+                    w[2 * i + 1] = ar * sr + ai * cr
+                }
+            }
+            offset += grp.slots * d
+        }
+
+        for i in 0..<rows {
+            let q = queries + i * rowStride + h * g * d
+            let scores = scratch.scores + i * g * entries
+            // Text keys (float16, exact).
+            FusedKernels.score(HalfRows(base: textKeys), count: textCount, slots: 1, neighbours: nil, queries: q,
+                               group: g, headDim: d, scale: scale, into: scores, stride: entries)
+            // Retained keys, in their stored form.
+            let qr = scaledQueries(q, columnScale, into: scratch.q)
+            scoreStored(stored, count: retained, slots: 1, neighbours: nil, queries: qr, into: scores + textCount,
+                        stride: entries)
+            // Dropped keys: transformed queries per group and slot, then a few dot products with retained keys each.
+            var column = textCount + retained
+            for (c, grp) in layout.groups.enumerated() {
+                for m in 0..<grp.slots {
+                    let w = scratch.w + wOffsets[c] + m * d
+                    for k in 0..<g {
+                        let src = q + k * d, u = scratch.u + (m * g + k) * d
+                        for p in 0..<pairs {
+                            let qr = src[2 * p], qi = src[2 * p + 1], wr = w[2 * p], wi = w[2 * p + 1]
+                            u[2 * p] = qr * wr + qi * wi
+                            u[2 * p + 1] = qi * wr - qr * wi
+                        }
+                        if let s = columnScale { for e in 0..<d { u[e] *= s[e] } }
+                    }
+                }
+                let out = scores + column
+                grp.neighbours.withUnsafeBufferPointer { nbs in
+                    scoreStored(stored, count: grp.members.count, slots: grp.slots, neighbours: nbs.baseAddress,
+                                queries: scratch.u, into: out, stride: entries)
+                }
+                column += grp.members.count
+            }
+            // Causal mask over the text entries, then one softmax over text and vision together.
+            for k in 0..<g {
+                let row = scores + k * entries
+                for j in visible[i]..<textCount { row[j] = -.infinity }
+                FusedKernels.softmax(row, count: entries)
+            }
+        }
+
+        // Values. Text: weighted sum of the float16 rows, straight into the output.
+        for i in 0..<rows {
+            let out = output + i * rowStride + h * g * d
+            out.update(repeating: 0, count: g * d)
+            FusedKernels.accumulate(HalfRows(base: textValues), count: textCount, probabilities: scratch.scores + i * g * entries,
+                                    stride: entries, group: g, headDim: d, into: out)
+        }
+        // Vision: probabilities scattered to span order, then p·V̂ = (p·C)·B + (Σp)·μ for all rows and heads at once.
+        let m = rows * g
+        scratch.span.update(repeating: 0, count: m * n)
+        for r in 0..<m {
+            let p = scratch.scores + r * entries + textCount, span = scratch.span + r * n
+            for (k, j) in layout.retainedSpan.enumerated() { span[Int(j)] = p[k] }
+            var column = retained
+            for grp in layout.groups {
+                for j in grp.members { span[Int(j)] = p[column]; column += 1 }
+            }
+        }
+        let vision = UnsafeMutablePointer<Float>.allocate(capacity: m * d)
+        defer { vision.deallocate() }
+        if capsule.plan.valueRank == nil {
+            let raw = HalfConversion.halfToFloat(capsule.rawValues[slot])
+            raw.withUnsafeBufferPointer {
+                BLAS.gemm(m: m, n: d, k: n, a: scratch.span, b: $0.baseAddress!, c: vision)
+            }
+        } else {
+            let factors = capsule.values[layer][h]
+            let mean = HalfConversion.halfToFloat(factors.mean)
+            for r in 0..<m {
+                var total: Float = 0
+                for j in 0..<n { total += scratch.span[r * n + j] }
+                for e in 0..<d { vision[r * d + e] = total * mean[e] }
+            }
+            let q = factors.rank
+            if q > 0 {
+                let c = factors.coefficients.floats(), b = factors.basis.floats()
+                var y = [Float](repeating: 0, count: m * q)
+                c.withUnsafeBufferPointer { cp in
+                    y.withUnsafeMutableBufferPointer { yp in
+                        BLAS.gemm(m: m, n: q, k: n, a: scratch.span, b: cp.baseAddress!, c: yp.baseAddress!)
+                        b.withUnsafeBufferPointer { bp in
+                            BLAS.gemm(m: m, n: d, k: q, a: yp.baseAddress!, b: bp.baseAddress!, beta: 1, c: vision)
+                        }
+                    }
+                }
+            }
+        }
+        for i in 0..<rows {
+            let out = output + i * rowStride + h * g * d
+            for e in 0..<(g * d) { out[e] += vision[i * g * d + e] }
+        }
+    }
+
+    /// `FusedKernels.score` over the retained keys in their stored element type.
+    private func scoreStored(_ stored: StoredMatrix, count: Int, slots: Int, neighbours: UnsafePointer<Int32>?,
+                             queries: UnsafePointer<Float>, into scores: UnsafeMutablePointer<Float>, stride: Int) {
+        let scale = 1 / Float(headDim).squareRoot()
+        switch stored.precision {
+        case .float16:
+            stored.halves.withUnsafeBufferPointer { p in
+                UnsafeRawPointer(p.baseAddress!).withMemoryRebound(to: Float16.self, capacity: p.count) {
+                    FusedKernels.score(HalfRows(base: $0), count: count, slots: slots, neighbours: neighbours,
+                                       queries: queries, group: group, headDim: headDim, scale: scale, into: scores,
+                                       stride: stride)
+                }
+            }
+        case .int8:
+            stored.int8.withUnsafeBufferPointer { p in
+                FusedKernels.score(Int8Rows(base: p.baseAddress!), count: count, slots: slots, neighbours: neighbours,
+                                   queries: queries, group: group, headDim: headDim, scale: scale, into: scores,
+                                   stride: stride)
+            }
+        }
+    }
+
+    /// `q ⊙ s` for every query head of the group when keys carry column scales, else `q` itself.
+    private func scaledQueries(_ q: UnsafePointer<Float>, _ s: [Float]?, into buffer: UnsafeMutablePointer<Float>) -> UnsafePointer<Float> {
+        guard let s else { return q }
+        for k in 0..<group { for e in 0..<headDim { buffer[k * headDim + e] = q[k * headDim + e] * s[e] } }
+        return UnsafePointer(buffer)
+    }
+
+    /// One allocation for the per-head buffers.
+    private struct Scratch {
+        let base: UnsafeMutablePointer<Float>
+        let w, u, q, scores, span: UnsafeMutablePointer<Float>
+        init(w: Int, u: Int, q: Int, scores: Int, span: Int) {
+            base = .allocate(capacity: w + u + q + scores + span + 1)
+            self.w = base
+            self.u = self.w + w
+            self.q = self.u + u
+            self.scores = self.q + q
+            self.span = self.scores + scores
+        }
+        func free() { base.deallocate() }
+    }
+}
+
+/// Rows of keys or values in a stored form, widened to float32 eight elements at a time.
+protocol FusedRows {
+    func load8(_ offset: Int) -> SIMD8<Float>
+}
+
+struct HalfRows: FusedRows {
+    let base: UnsafePointer<Float16>
+    @inline(__always) func load8(_ offset: Int) -> SIMD8<Float> {
+        SIMD8<Float>(UnsafeRawPointer(base + offset).loadUnaligned(as: SIMD8<Float16>.self))
+    }
+}
+
+struct Int8Rows: FusedRows {
+    let base: UnsafePointer<Int8>
+    @inline(__always) func load8(_ offset: Int) -> SIMD8<Float> {
+        SIMD8<Float>(SIMD8<Int32>(truncatingIfNeeded: UnsafeRawPointer(base + offset).loadUnaligned(as: SIMD8<Int8>.self)))
+    }
+}
+
+/// The inner loops of the fused path.
+enum FusedKernels {
+    /// `scores[k * stride + j] = scale · Σ_m u[m][k] · row(neighbours[j * slots + m])` for j in 0..<count and query head
+    /// k of the group (`neighbours == nil`: row j, one slot). `queries` is `[slots][group][headDim]`.
+    @inline(__always)
+    static func score<Rows: FusedRows>(_ rows: Rows, count: Int, slots: Int, neighbours: UnsafePointer<Int32>?,
+                                       queries u: UnsafePointer<Float>, group: Int, headDim d: Int, scale: Float,
+                                       into scores: UnsafeMutablePointer<Float>, stride: Int) {
+        let chunks = d / 8
+        @inline(__always) func load(_ p: UnsafePointer<Float>) -> SIMD8<Float> {
+            UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self)
+        }
+        @inline(__always) func row(_ j: Int, _ m: Int) -> Int { (neighbours.map { Int($0[j * slots + m]) } ?? j) * d }
+        if group == 3 {
+            // Each key chunk is widened once for the three query heads.
+            for j in 0..<count {
+                var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>()
+                for m in 0..<slots {
+                    let base = row(j, m), q = u + m * 3 * d
+                    for c in 0..<chunks {
+                        let k = rows.load8(base + 8 * c)
+                        a0.addProduct(k, load(q + 8 * c))
+                        a1.addProduct(k, load(q + d + 8 * c))
+                        a2.addProduct(k, load(q + 2 * d + 8 * c))
+                    }
+                }
+                scores[j] = a0.sum() * scale
+                scores[stride + j] = a1.sum() * scale
+                scores[2 * stride + j] = a2.sum() * scale
+            }
+            return
+        }
+        for j in 0..<count {
+            for k in 0..<group {
+                var acc = SIMD8<Float>()
+                for m in 0..<slots {
+                    let base = row(j, m), q = u + (m * group + k) * d
+                    for c in 0..<chunks { acc.addProduct(rows.load8(base + 8 * c), load(q + 8 * c)) }
+                }
+                scores[k * stride + j] = acc.sum() * scale
+            }
+        }
+    }
+
+    /// `out[k][:] += Σ_j p[k * stride + j] · row(j)` for the group's query heads.
+    @inline(__always)
+    static func accumulate<Rows: FusedRows>(_ rows: Rows, count: Int, probabilities p: UnsafePointer<Float>, stride: Int,
+                                            group: Int, headDim d: Int, into out: UnsafeMutablePointer<Float>) {
+        for j in 0..<count {
+            for c in 0..<(d / 8) {
+                let v = rows.load8(j * d + 8 * c)
+                for k in 0..<group {
+                    let o = UnsafeMutableRawPointer(out + k * d + 8 * c)
+                    o.storeBytes(of: o.loadUnaligned(as: SIMD8<Float>.self) + p[k * stride + j] * v, as: SIMD8<Float>.self)
+                }
+            }
+        }
+    }
+
+    /// In-place softmax; entries at -infinity get probability 0.
+    static func softmax(_ x: UnsafeMutablePointer<Float>, count n: Int) {
+        var top = -Float.infinity
+        for j in 0..<n { top = max(top, x[j]) }
+        guard top > -.infinity else { x.update(repeating: 0, count: n); return }
+        var total: Float = 0
+        for j in 0..<n { let e = expf(x[j] - top); x[j] = e; total += e }
+        let inverse = 1 / total
+        for j in 0..<n { x[j] *= inverse }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
