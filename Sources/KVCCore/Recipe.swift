@@ -23,11 +23,36 @@ public final class RecipeSection {
         return try parse(text, file: path)
     }
 
+    /// More YAML nodes than any recipe has; counted with aliases expanded, so an alias bomb is refused before it
+    /// is built (Yams would expand it in memory).
+    public static let maxNodes = 100_000
+
     public static func parse(_ text: String, file: String) throws -> RecipeSection {
         let object: Any?
-        do { object = try Yams.load(yaml: text) } catch { throw KVCError.file(file, "not valid YAML: \(error)") }
+        do {
+            var budget = maxNodes
+            if let root = try Yams.compose(yaml: text), !fits(root, budget: &budget) {
+                throw KVCError.file(file, "more than \(maxNodes) YAML nodes once aliases are expanded; a recipe has a few dozen")
+            }
+            object = try Yams.load(yaml: text)
+        } catch let error as KVCError {
+            throw error
+        } catch {
+            throw KVCError.file(file, "not valid YAML: \(error)")
+        }
         guard let map = object as? [String: Any] else { throw KVCError.file(file, "the recipe must be a mapping of keys to values") }
         return RecipeSection(file: file, values: map)
+    }
+
+    /// Walks `node` (aliases expanded, as loading would) and returns false as soon as `budget` nodes are used up.
+    private static func fits(_ node: Node, budget: inout Int) -> Bool {
+        budget -= 1
+        guard budget >= 0 else { return false }
+        switch node {
+        case .scalar, .alias: return true
+        case .mapping(let m): return m.allSatisfy { fits($0.key, budget: &budget) && fits($0.value, budget: &budget) }
+        case .sequence(let s): return s.allSatisfy { fits($0, budget: &budget) }
+        }
     }
 
     private func name(_ key: String) -> String { path.isEmpty ? key : path + "." + key }
