@@ -12,8 +12,10 @@ import KVCGGUF
 /// `q_proj` and `k_proj` are reordered per head so that GGUF row `2i + s` is HF row `s·d/2 + i`; attention scores are
 /// unchanged, and a key computed here is the HF key with its elements reordered the same way (`HFRotaryLayout`).
 ///
-/// Matrices keep their stored dtype (F16 stays F16, so decoding uses the half-precision kernel; BF16 and F32 decode
-/// from float32 rows).
+/// Matrices keep their stored dtype, except BF16 ones (how SmolVLM ships), which become F16 when every value is within
+/// F16's range: decoding then streams 2 bytes a weight through the half-precision kernel instead of float32 rows
+/// (4 bytes). F16 has BF16's 8 significant bits and more, so only values below F16's normal range (|x| < 6.1e-5)
+/// change, by less than 3e-8 each (subnormal rounding). F32 stays F32.
 public enum HFLlamaConversion {
     /// The GGUF of the decoder whose tensors are named `prefix + "layers.0.self_attn.q_proj.weight"` etc.
     /// (`"model."` for `LlamaForCausalLM`, `"model.text_model."` for Idefics3), with the output head `lm_head.weight`
@@ -50,7 +52,8 @@ public enum HFLlamaConversion {
             if let heads = permuteHeads {
                 data = HFRotaryLayout.permuteRowsToGGUF(data, heads: heads, rowBytes: shape[1] * info.dtype.byteSize)
             }
-            let type: GGMLType = info.dtype == .f16 ? .f16 : info.dtype == .bf16 ? .bf16 : .f32
+            var type: GGMLType = info.dtype == .f16 ? .f16 : info.dtype == .bf16 ? .bf16 : .f32
+            if type == .bf16, shape.count == 2, let half = Self.bfloat16AsHalf(data) { (type, data) = (.f16, half) }
             w.addTensor(ggufName, type: type, dims: shape.reversed(), data: data)
         }
         let h = c.hiddenSize
@@ -72,5 +75,16 @@ public enum HFLlamaConversion {
             try add(blk + "ffn_down.weight", hf + "mlp.down_proj.weight", shape: [h, c.intermediateSize])
         }
         return w.serialize()
+    }
+
+    /// BF16 data as F16 bytes, or nil when a value is beyond F16's range (then BF16 stays).
+    static func bfloat16AsHalf(_ data: [UInt8]) -> [UInt8]? {
+        let n = data.count / 2
+        var floats = [Float](repeating: 0, count: n)
+        data.withUnsafeBytes { raw in
+            for i in 0..<n { floats[i] = Float(bitPattern: UInt32(raw.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)) << 16) }
+        }
+        guard floats.allSatisfy({ abs($0) <= Float(Float16.greatestFiniteMagnitude) }) else { return nil }
+        return HalfConversion.floatToHalf(floats).withUnsafeBytes { Array($0) }
     }
 }

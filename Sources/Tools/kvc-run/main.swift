@@ -159,13 +159,19 @@ struct KVCRun: ParsableCommand {
             ids = try vlm.encode(prompt ?? "")
         }
         if let dump {
-            let forwardStart = Date()
-            let result = try ParityDump.run(model: vlm, tokenIds: ids, images: images, imageNames: image)
-            let forwardSeconds = Date().timeIntervalSince(forwardStart)
+            let imageStart = Date()
+            let imageTokens = try vlm.imageTokens(for: images, names: image)
+            let decoderStart = Date()
+            let (pieces, grids) = try vlm.prompt(tokenIds: ids, imageTokens: imageTokens)
+            let result = try ParityDump.run(decoder: vlm.decoder, prompt: pieces)
+            let decoderSeconds = Date().timeIntervalSince(decoderStart)
             try result.write(to: dump)
-            let doc: [String: Any] = ["dump": dump, "tokens": result.tokenCount, "layers": result.keys.count,
-                                      "kv_heads": result.kvHeads, "head_dim": result.headDim, "vocab": result.vocabularySize,
-                                      "load_seconds": loadSeconds, "forward_seconds": forwardSeconds]
+            let doc: [String: Any] = [
+                "dump": dump, "tokens": result.tokenCount, "layers": result.keys.count, "kv_heads": result.kvHeads,
+                "head_dim": result.headDim, "vocab": result.vocabularySize,
+                "image_grids": grids.map { ["start": $0.start, "rows": $0.rows, "cols": $0.cols] },
+                "load_seconds": loadSeconds, "image_seconds": decoderStart.timeIntervalSince(imageStart),
+                "prefill_seconds": decoderSeconds]
             let data = try JSONSerialization.data(withJSONObject: doc, options: [.sortedKeys, .withoutEscapingSlashes])
             print(String(decoding: data, as: UTF8.self))
             return
