@@ -21,6 +21,9 @@ public struct HFTokenizerJSON: Sendable {
     public var eosTokenId: Int?
     public var padTokenId: Int?
     public var unknownTokenId: Int?
+    /// `chat_template` of `tokenizer_config.json` (Jinja), passed on as `tokenizer.chat_template`: the backbone uses it
+    /// when it recognises ChatML.
+    public var chatTemplate: String?
 
     /// Reads `tokenizer.json` in `directory`, and the bos/eos/pad/unk token names of `tokenizer_config.json` when
     /// present.
@@ -88,6 +91,7 @@ public struct HFTokenizerJSON: Sendable {
             result.eosTokenId = try id("eos_token")
             result.padTokenId = try id("pad_token")
             result.unknownTokenId = try id("unk_token")
+            result.chatTemplate = config.object["chat_template"] as? String
         }
         return result
     }
@@ -138,5 +142,6 @@ public struct HFTokenizerJSON: Sendable {
                           ("unknown_token_id", unknownTokenId)] {
             if let id { w.set("tokenizer.ggml.\(key)", .uint32(UInt32(id))) }
         }
+        if let chatTemplate { w.set("tokenizer.chat_template", .string(chatTemplate)) }
     }
 }

@@ -142,6 +142,12 @@ struct KVCRun: ParsableCommand {
         let vlm = try SmolVLM(directory: directory)
         let loadSeconds = Date().timeIntervalSince(loadStart)
         if let threads { vlm.decoder.threads = threads }
+        if let perplexity {
+            guard let backbone = vlm.backbone else {
+                throw KVCError.file(directory, "perplexity needs the directory's tokenizer.json (byte-level BPE)")
+            }
+            return try runPerplexity(backbone, file: perplexity)
+        }
         let images = try image.map { try Image.load(path: $0) }
         let ids: [Int]
         if let tokenIds {
