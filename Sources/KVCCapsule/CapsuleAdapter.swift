@@ -8,7 +8,8 @@ import KVCCore
 /// (F16 `[layers * kv_heads, slots, head_dim / 2, 2]`, complex coefficients) and `linear.<c>.fitted` (U8
 /// `[layers * kv_heads]`: 0 where that layer/head never saw the configuration). The metadata holds the backbone
 /// (fingerprint, layers, KV heads, head dim, RoPE base), the budget, the retention policy, the configurations' offsets,
-/// and the recipe text.
+/// and the recipe text. With a key MLP (`keys: "linear+mlp"`, header `mlp_hidden`), also `mlp.scales` (F32 `[layers]`,
+/// 0 = no MLP in that layer) and `mlp.<layer>.{w1,b1,w2,b2}` (F16).
 public struct CapsuleAdapter {
     public var fingerprint: String
     public var layers: Int
@@ -44,12 +45,14 @@ public struct CapsuleAdapter {
         /// Absent in adapters written before int8 storage existed: float16.
         var keyDtype: StoragePrecision?
         var valueDtype: StoragePrecision?
+        /// Hidden width of the key MLP when `keys` is "linear+mlp".
+        var mlpHidden: Int?
         var configurations: [[GridNeighbours.Offset]]
         var recipe: String
         enum CodingKeys: String, CodingKey {
             case kind, fingerprint, layers, kvHeads = "kv_heads", headDim = "head_dim", ropeBase = "rope_base", ratio
             case keyRatio = "key_ratio", policy, neighbours, keys, configurations, recipe
-            case keyDtype = "key_dtype", valueDtype = "value_dtype"
+            case keyDtype = "key_dtype", valueDtype = "value_dtype", mlpHidden = "mlp_hidden"
         }
     }
 
@@ -62,7 +65,7 @@ public struct CapsuleAdapter {
     public func payload() throws -> SafetensorsWriter {
         var writer = SafetensorsWriter()
         var configurations: [[GridNeighbours.Offset]] = []
-        let keysName: String
+        var keysName: String
         switch settings.keys {
         case .linear(let model):
             keysName = "linear"
@@ -83,10 +86,16 @@ public struct CapsuleAdapter {
         case .nearest: keysName = "nearest"
         case .evict: keysName = "evict"
         }
+        // "linear+mlp" is a new name on purpose: a reader that predates the MLP refuses it instead of silently
+        // rebuilding keys without their residual.
+        if let mlp = settings.keyResidual, keysName == "linear" {
+            try mlp.add(to: &writer, dtype: .f16)
+            keysName = "linear+mlp"
+        }
         let header = Header(fingerprint: fingerprint, layers: layers, kvHeads: kvHeads, headDim: headDim, ropeBase: ropeBase,
                             ratio: settings.budget.ratio, keyRatio: settings.budget.keyRatio, policy: settings.policy.rawValue,
                             neighbours: settings.neighbours, keys: keysName, keyDtype: settings.budget.keyPrecision,
-                            valueDtype: settings.budget.valuePrecision, configurations: configurations, recipe: recipe)
+                            valueDtype: settings.budget.valuePrecision, mlpHidden: settings.keyResidual?.hidden, configurations: configurations, recipe: recipe)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         writer.metadata["kvcapsule"] = String(decoding: try encoder.encode(header), as: UTF8.self)
@@ -130,7 +139,7 @@ public struct CapsuleAdapter {
         switch h.keys {
         case "nearest": keys = .nearest
         case "evict": keys = .evict
-        case "linear":
+        case "linear", "linear+mlp":
             var tables = [[LinearKeyReconstructor.Configuration: [Float]]](repeating: [:], count: h.layers * h.kvHeads)
             let pairs = h.headDim / 2
             for (c, config) in h.configurations.enumerated() {
@@ -153,12 +162,20 @@ public struct CapsuleAdapter {
         default:
             throw KVCError.file(path, "unknown key reconstruction '\(h.keys)'")
         }
+        var residual: KeyResidualMLP?
+        if h.keys == "linear+mlp" {
+            guard let hidden = h.mlpHidden, (1...4096).contains(hidden) else {
+                throw KVCError.file(path, "adapter with a key MLP has no valid 'mlp_hidden' in its header")
+            }
+            residual = try KeyResidualMLP.read(from: file, path: path, layers: h.layers, kvHeads: h.kvHeads, headDim: h.headDim,
+                                               slots: h.neighbours, hidden: hidden)
+        }
         return CapsuleAdapter(fingerprint: h.fingerprint, layers: h.layers, kvHeads: h.kvHeads, headDim: h.headDim,
                               ropeBase: h.ropeBase,
                               settings: CapsuleSettings(budget: CapsuleBudget(ratio: h.ratio, keyRatio: h.keyRatio,
                                                                               keyPrecision: h.keyDtype ?? .float16,
                                                                               valuePrecision: h.valueDtype ?? .float16), policy: policy,
-                                                        neighbours: h.neighbours, keys: keys),
+                                                        neighbours: h.neighbours, keys: keys, keyResidual: residual),
                               recipe: h.recipe)
     }
 }

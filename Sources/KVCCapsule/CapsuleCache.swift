@@ -20,14 +20,17 @@ public struct CapsuleSettings: Sendable {
     public var keys: KeyReconstruction
     /// How attention reads the compressed span: fused (default, nothing rebuilt) or dense (rebuilt every step).
     public var mode: CapsuleAttentionMode
+    /// Trained nonlinear correction of the linear keys, dense mode only (the fused path evaluates the linear part).
+    public var keyResidual: KeyResidualMLP?
 
     public init(budget: CapsuleBudget, policy: RetentionPolicy = .strided, neighbours: Int = 4, keys: KeyReconstruction,
-                mode: CapsuleAttentionMode = .fused) {
+                mode: CapsuleAttentionMode = .fused, keyResidual: KeyResidualMLP? = nil) {
         self.budget = budget
         self.policy = policy
         self.neighbours = neighbours
         self.keys = keys
         self.mode = mode
+        self.keyResidual = keyResidual
     }
 }
 
@@ -248,6 +251,8 @@ public final class CapsuleCache: KVCache {
                 model.reconstruct(layer: layer, head: head, neighbours: nb, retainedKeys: $0.baseAddress!,
                                   positions: capsule.positions, into: &dropped)
             }
+            settings.keyResidual?.addResidual(layer: layer, head: head, neighbours: nb, retainedKeys: kept,
+                                              positions: capsule.positions, rope: rope, dropped: &dropped)
         case .nearest:
             dropped = nb.nearestCopy(retainedKeys: kept, positions: capsule.positions, rope: rope)
         case .evict:

@@ -1,4 +1,5 @@
 import Foundation
+import KVCBackbone
 import KVCCollect
 import KVCCore
 
@@ -12,12 +13,14 @@ public struct CapsuleRecipe {
     public var runDirectory: String
     public var fit: CapsuleFit
     public var reconstructor: String
+    /// With `reconstructor.kind: mlp`: how the key MLP trains on top of the linear map.
+    public var mlp: KeyResidualTraining.Options?
 
     public init(_ recipe: RecipeSection, text: String) throws {
         file = recipe.file
         self.text = text
         _ = try recipe.string("kind", allowed: ["capsule"])
-        _ = try recipe.int("seed", default: 1, range: 0...Int(Int32.max))
+        let seed = try recipe.int("seed", default: 1, range: 0...Int(Int32.max))
         caches = try recipe.string("caches")
         runDirectory = try recipe.string("run_dir")
         let ratio = try recipe.double("ratio", range: 0...0.95)
@@ -37,8 +40,20 @@ public struct CapsuleRecipe {
         var ridge = 1e-3
         reconstructor = "linear"
         if let r = try recipe.section("reconstructor") {
-            reconstructor = try r.string("kind", default: "linear", allowed: ["linear", "nearest"])
+            reconstructor = try r.string("kind", default: "linear", allowed: ["linear", "nearest", "mlp"])
             ridge = try r.double("ridge", default: ridge, range: 0...1)
+            if reconstructor == "mlp" {
+                var o = KeyResidualTraining.Options()
+                o.seed = UInt64(seed)
+                o.hidden = try r.int("hidden", default: o.hidden, range: 4...1024)
+                o.epochs = try r.int("epochs", default: o.epochs, range: 1...1000)
+                o.batch = try r.int("batch", default: o.batch, range: 1...4096)
+                o.learningRate = Float(try r.double("learning_rate", default: Double(o.learningRate), range: 1e-6...1))
+                o.weightDecay = Float(try r.double("weight_decay", default: Double(o.weightDecay), range: 0...1))
+                o.warmupSteps = try r.int("warmup_steps", default: o.warmupSteps, range: 0...100_000)
+                o.klWeight = Float(try r.double("kl_weight", default: Double(o.klWeight), range: 0...1000))
+                mlp = o
+            }
             try r.finish()
         }
         let validationEvery = try recipe.int("validation_every", default: 5, range: 2...1000)
@@ -58,11 +73,30 @@ public struct CapsuleRecipe {
         log(String(format: "capsule r=%.2f (keys %.2f, values %.2f) on %d cached samples from %@", fit.budget.ratio,
                    fit.budget.keyRatio, fit.budget.valueRatio, m.sampleCount, caches))
         let (model, layers) = try fit.run(store: store, ropeBase: ropeBase)
-        let settings = CapsuleSettings(budget: fit.budget, policy: fit.policy, neighbours: fit.neighbours,
-                                       keys: reconstructor == "linear" ? .linear(model) : .nearest)
+        var settings = CapsuleSettings(budget: fit.budget, policy: fit.policy, neighbours: fit.neighbours,
+                                       keys: reconstructor == "nearest" ? .nearest : .linear(model))
+        try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
+        var mlpLayers: [KeyResidualTraining.LayerReport]?
+        if let options = mlp {
+            var samples: [CacheSample] = []
+            try store.forEachSample { s in var s = s; s.values = []; samples.append(s) }   // values are not needed here
+            let training = KeyResidualTraining(options: options, budget: fit.budget, policy: fit.policy, neighbours: fit.neighbours,
+                                               validationEvery: fit.validationEvery)
+            // The checkpoint belongs to this recipe text and these caches; anything else must start over.
+            let fingerprint = Checksum.xxh128(Data((text + m.fingerprint + String(m.sampleCount)).utf8))
+            let (residual, reports) = try training.run(samples: samples, layout: m.layout, linear: model,
+                                                       rope: RotaryEmbedding(headDim: m.layout.headDim, base: ropeBase),
+                                                       checkpointPath: runDirectory + "/key-mlp-checkpoint.safetensors",
+                                                       metricsPath: runDirectory + "/metrics.jsonl", fingerprint: fingerprint, log: log)
+            settings.keyResidual = residual
+            mlpLayers = reports
+            let mean = { (f: (KeyResidualTraining.LayerReport) -> Double) in reports.map(f).reduce(0, +) / Double(max(reports.count, 1)) }
+            log(String(format: "key MLP: kept in %d of %d layers; held-out mean key error linear %.4f -> %.4f, attention KL %.5f -> %.5f",
+                       reports.filter(\.kept).count, reports.count, mean(\.keyErrorLinear), mean(\.keyErrorMLP),
+                       mean(\.attentionKLLinear), mean(\.attentionKLMLP)))
+        }
         let adapter = CapsuleAdapter(fingerprint: m.fingerprint, layers: m.layout.layers, kvHeads: m.layout.kvHeads,
                                      headDim: m.layout.headDim, ropeBase: ropeBase, settings: settings, recipe: text)
-        try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
         try adapter.saveCheckpoint(to: runDirectory + "/adapter.safetensors")
         try AtomicFile.write(text, to: runDirectory + "/recipe.yaml")
         let plan = fit.budget.plan(tokens: 64, headDim: m.layout.headDim)
@@ -71,12 +105,14 @@ public struct CapsuleRecipe {
         struct Report: Codable {
             var ratio: Double, keyRatio: Double, valueRatio: Double, measuredRatio64: Double, keptKeys64: Int, valueRank64: Int?
             var keyDtype: String, valueDtype: String, samples: Int, layers: [CapsuleFit.LayerReport]
+            var mlpLayers: [KeyResidualTraining.LayerReport]?
         }
         try AtomicFile.write(try encoder.encode(Report(ratio: fit.budget.ratio, keyRatio: fit.budget.keyRatio,
                                                        valueRatio: fit.budget.valueRatio, measuredRatio64: plan.measuredRatio,
                                                        keptKeys64: plan.keptKeys, valueRank64: plan.valueRank,
                                                        keyDtype: fit.budget.keyPrecision.rawValue,
-                                                       valueDtype: fit.budget.valuePrecision.rawValue, samples: m.sampleCount, layers: layers)),
+                                                       valueDtype: fit.budget.valuePrecision.rawValue, samples: m.sampleCount, layers: layers,
+                                                       mlpLayers: mlpLayers)),
                              to: runDirectory + "/report.json")
         let mean = { (f: (CapsuleFit.LayerReport) -> Double) in layers.map(f).reduce(0, +) / Double(max(layers.count, 1)) }
         log(String(format: "held-out mean over %d layers: key rel. error linear %.3f, nearest %.3f; value rel. error %.3f; "
