@@ -101,7 +101,7 @@ let package = Package(
             "KVCCapsule", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "Sources/Tools/kvc-export", swiftSettings: swiftSettings),
         .executableTarget(name: "kvc-collect", dependencies: [
-            "KVCCollector", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "KVCCollector", "KVCSmolVLM", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "Sources/Tools/kvc-collect", swiftSettings: swiftSettings),
         .executableTarget(name: "kvc-bench", dependencies: [
             "KVCTensor", "KVCBackbone", "KVCCollector", .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -88,7 +88,7 @@ public struct Idefics3ImageProcessor: Equatable, Sendable {
     }
 
     /// Planar `[3, imageSize, imageSize]` floats for the vision tower.
-    public func pixels(_ image: Image, name: String = "image") throws -> [Float] {
+    public func pixels(_ image: Image) -> [Float] {
         var image = image
         if doResize {
             let (width, height) = Self.aspectPreservingSize(width: image.width, height: image.height, longestEdge: longestEdge)

@@ -20,9 +20,9 @@ public struct ParityDump {
     public var headDim: Int
 
     /// Runs `model` on `tokenIds`, image-token positions filled with the tokens of `images` in order.
-    public static func run(model: SmolVLM, tokenIds: [Int], images: [Image], imageNames: [String] = []) throws -> ParityDump {
+    public static func run(model: SmolVLM, tokenIds: [Int], images: [Image]) throws -> ParityDump {
         guard !tokenIds.isEmpty else { throw KVCError("no token ids given") }
-        let imageTokens = try model.imageTokens(for: images, names: imageNames)
+        let imageTokens = try model.imageTokens(for: images)
         let (pieces, _) = try model.prompt(tokenIds: tokenIds, imageTokens: imageTokens)
         return try run(decoder: model.decoder, prompt: pieces)
     }

@@ -36,8 +36,8 @@ public final class SmolVLM {
         }
 
         /// The image's tokens, `[tokensPerImage, textHidden]` row-major, raster order over a `gridSide` square.
-        public func tokens(for image: Image, name: String = "image") throws -> [Float] {
-            try tokens(pixels: processor.pixels(image, name: name))
+        public func tokens(for image: Image) -> [Float] {
+            tokens(pixels: processor.pixels(image))
         }
 
         /// The same from already-preprocessed planar pixels `[3, imageSize, imageSize]`.
@@ -82,14 +82,12 @@ public final class SmolVLM {
         }
     }
 
-    /// Each image's tokens (see `ImageEncoder.tokens(for:)`); `names` label the images in errors.
-    /// - Throws: `KVCError` when the model has no vision tower or an image cannot be preprocessed.
-    public func imageTokens(for images: [Image], names: [String] = []) throws -> [[Float]] {
+    /// Each image's tokens (see `ImageEncoder.tokens(for:)`).
+    /// - Throws: `KVCError` when images are given to a model without a vision tower.
+    public func imageTokens(for images: [Image]) throws -> [[Float]] {
         guard !images.isEmpty else { return [] }
         guard let vision else { throw KVCError("this model (\(directory)) has no vision tower; it takes no images") }
-        return try images.enumerated().map { i, image in
-            try vision.tokens(for: image, name: i < names.count ? names[i] : "image \(i)")
-        }
+        return images.map(vision.tokens(for:))
     }
 
     /// The image token id (nil for a text-only model).

@@ -48,9 +48,9 @@ extension SmolVLM {
     /// Generates after exactly `tokenIds` (image-token positions filled from `images`, in order) with the full
     /// float16 cache. Requires a tokenizer only to print text; `onToken` receives each id and its text ("" without
     /// a tokenizer).
-    public func generate(tokenIds: [Int], images: [Image], imageNames: [String] = [], parameters: GenerationParameters,
+    public func generate(tokenIds: [Int], images: [Image], parameters: GenerationParameters,
                          onToken: ((Int, String) -> Bool)? = nil) throws -> [Int] {
-        let pieces = try prompt(tokenIds: tokenIds, imageTokens: imageTokens(for: images, names: imageNames)).pieces
+        let pieces = try prompt(tokenIds: tokenIds, imageTokens: imageTokens(for: images)).pieces
         var parameters = parameters
         if parameters.stopTokens == nil { parameters.stopTokens = stopTokens }
         if let backbone {

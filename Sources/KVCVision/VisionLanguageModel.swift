@@ -15,19 +15,21 @@ import KVCTokenizer
 /// with the grid and positions of every image's tokens (what `CapsuleCache.compress(grids:visionPositions:)` takes).
 public final class VisionLanguageModel {
     public let backbone: Backbone
-    public let frontEnd: FrontEnd
+    /// The vision side: the project's trained `FrontEnd`, or another `ImageTokenSource` (a SmolVLM tower).
+    public let frontEnd: any ImageTokenSource
     public let prompt: VisionPrompt
     /// Most tokens generated per answer; easy-VQA answers are one word of one to three tokens.
     public var maxAnswerTokens = 8
 
-    public init(backbone: Backbone, frontEnd: FrontEnd) throws {
-        guard frontEnd.projector.second.outFeatures == backbone.model.config.hiddenSize else {
-            throw KVCError("the front end projects to \(frontEnd.projector.second.outFeatures)-d tokens but the decoder's "
+    /// - Parameter prompt: the prompt format (default: the ChatML format the project's front end was aligned with).
+    public init(backbone: Backbone, frontEnd: any ImageTokenSource, prompt: VisionPrompt? = nil) throws {
+        guard frontEnd.tokenWidth == backbone.model.config.hiddenSize else {
+            throw KVCError("the front end projects to \(frontEnd.tokenWidth)-d tokens but the decoder's "
                            + "hidden size is \(backbone.model.config.hiddenSize)")
         }
         self.backbone = backbone
         self.frontEnd = frontEnd
-        prompt = VisionPrompt(tokenizer: backbone.tokenizer)
+        self.prompt = prompt ?? VisionPrompt(tokenizer: backbone.tokenizer)
     }
 
     /// Loads the decoder from `modelPath` and the front end from `frontEndPath`, refusing a front end aligned to

@@ -13,17 +13,27 @@ public struct VisionPrompt: Sendable {
     public let imageOpen: [Int]
     public let imageClose: [Int]
     public let endOfTurn: Int?
+    /// Text after the question: the end of the user turn and the assistant prompt.
+    public let questionEnd: String
 
     public init(tokenizer: BPETokenizer) {
-        userStart = tokenizer.encode("<|im_start|>user\n")
-        imageOpen = tokenizer.encode("<image>")
-        imageClose = tokenizer.encode("</image>\n")
+        self.init(tokenizer: tokenizer, userStart: "<|im_start|>user\n", imageOpen: "<image>", imageClose: "</image>\n",
+                  questionEnd: "<|im_end|>\n<|im_start|>assistant\n")
+    }
+
+    /// Another model's format (SmolVLM: `<|im_start|>User:`, images between `<fake_token_around_image><global-img>`
+    /// and `<fake_token_around_image>`, `<end_of_utterance>\nAssistant:`).
+    public init(tokenizer: BPETokenizer, userStart: String, imageOpen: String, imageClose: String, questionEnd: String) {
+        self.userStart = tokenizer.encode(userStart)
+        self.imageOpen = tokenizer.encode(imageOpen)
+        self.imageClose = tokenizer.encode(imageClose)
+        self.questionEnd = questionEnd
         endOfTurn = tokenizer.endOfTurnTokenId
     }
 
     /// The question and the assistant prompt after the images.
     public func suffix(question: String, tokenizer: BPETokenizer) -> [Int] {
-        tokenizer.encode(question + "<|im_end|>\n<|im_start|>assistant\n")
+        tokenizer.encode(question + questionEnd)
     }
 
     /// Token ids of an answer as the model should produce it (no leading space: it starts the assistant turn).

@@ -3,6 +3,7 @@ import Foundation
 import KVCCollect
 import KVCCollector
 import KVCCore
+import KVCSmolVLM
 import KVCVision
 
 /// Collects the frozen VLM's KV caches into shards: a thin command over `CollectionPlan` and `CacheCollector`.
@@ -21,7 +22,8 @@ struct CollectCommand: ParsableCommand {
     @Option(help: "Dataset split: train or test.") var split = "train"
     @Option(help: "Output directory for shard-*.safetensors and manifest.json.") var out: String
     @Option(name: .customLong("front-end"), help: "Front-end checkpoint.") var frontEnd = "runs/frontend-easyvqa/frontend.safetensors"
-    @Option(help: "GGUF model file (default: the project's SmolLM2 asset).") var model: String?
+    @Option(help: "GGUF model file (default: the project's SmolLM2 asset), or a Hugging Face SmolVLM directory.")
+    var model: String?
     @Option(help: "easy-VQA directory (default: the project's asset).") var data: String?
     @Option(help: "Collect only the first N prompts of the plan.") var limit: Int?
     @Option(help: "Write only shards s with s % n == i (i/n).") var shard = "0/1"
@@ -44,16 +46,9 @@ struct CollectCommand: ParsableCommand {
 
     func run() throws {
         do {
-            let modelPath = try Assets.require(model ?? Assets.smolLM2GGUF)
-            guard FileManager.default.fileExists(atPath: frontEnd) else {
-                throw KVCError.file(frontEnd, "front-end checkpoint not found; train one (kvc-train recipes/frontend-easyvqa.yaml) "
-                                    + "or pass --front-end PATH")
-            }
-            let frontEndPath = frontEnd
             let print = { (s: String) in FileHandle.standardError.write(Data("kvc-collect: \(s)\n".utf8)) }
-            let vlm = try VisionLanguageModel.load(modelPath: modelPath, frontEndPath: frontEndPath)
+            let (vlm, hashes) = try loadModel()
             if let threads { vlm.backbone.model.threads = threads }
-            let hashes = try CacheCollector.fingerprint(modelPath: modelPath, frontEndPath: frontEndPath)
             let splitValue = EasyVQA.Split(rawValue: split)!
             let plan = try CollectionPlan.easyVQA(try EasyVQA(root: data ?? Assets.easyVQA), split: splitValue,
                                                   imagesPerPrompt: imagesPerPrompt, seed: seed, limit: limit,
@@ -72,6 +67,22 @@ struct CollectCommand: ParsableCommand {
             FileHandle.standardError.write(Data("kvc-collect: error: \(error.message)\n".utf8))
             throw ExitCode.failure
         }
+    }
+
+    /// The project's VLM (GGUF decoder + trained front end), or a Hugging Face SmolVLM directory given as --model.
+    private func loadModel() throws -> (VisionLanguageModel, (fingerprint: String, model: String, frontEnd: String)) {
+        var isDirectory: ObjCBool = false
+        if let model, FileManager.default.fileExists(atPath: model, isDirectory: &isDirectory), isDirectory.boolValue {
+            let fingerprint = try SmolVLM.fingerprint(directory: model)
+            return (try SmolVLM(directory: model).visionLanguageModel(), (fingerprint, fingerprint, ""))
+        }
+        let modelPath = try Assets.require(model ?? Assets.smolLM2GGUF)
+        guard FileManager.default.fileExists(atPath: frontEnd) else {
+            throw KVCError.file(frontEnd, "front-end checkpoint not found; train one (kvc-train recipes/frontend-easyvqa.yaml) "
+                                + "or pass --front-end PATH")
+        }
+        return (try VisionLanguageModel.load(modelPath: modelPath, frontEndPath: frontEnd),
+                try CacheCollector.fingerprint(modelPath: modelPath, frontEndPath: frontEnd))
     }
 
     private func report(_ s: CacheCollector.Summary, print: (String) -> Void) {
