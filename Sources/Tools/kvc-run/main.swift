@@ -166,7 +166,7 @@ struct KVCRun: ParsableCommand {
         }
         if let dump {
             let imageStart = Date()
-            let imageTokens = try vlm.imageTokens(for: images, names: image)
+            let imageTokens = try vlm.imageTokens(for: images)
             let decoderStart = Date()
             let (pieces, grids) = try vlm.prompt(tokenIds: ids, imageTokens: imageTokens)
             let result = try ParityDump.run(decoder: vlm.decoder, prompt: pieces)
@@ -184,7 +184,7 @@ struct KVCRun: ParsableCommand {
         }
         let stream = !json
         let start = Date()
-        let tokens = try vlm.generate(tokenIds: ids, images: images, imageNames: image, parameters: generationParameters) { id, piece in
+        let tokens = try vlm.generate(tokenIds: ids, images: images, parameters: generationParameters) { id, piece in
             if stream { FileHandle.standardOutput.write(Data((vlm.backbone == nil ? "\(id) " : piece).utf8)) }
             return true
         }
