@@ -196,8 +196,10 @@ extension BenchRun {
 extension TrainingCurve {
     /// Lines with `step` and `loss` make the curve; lines with `val_loss` (or `validation_loss`) the validation points.
     init(objects: [(line: Int, object: [String: Any])], path: String) throws {
-        name = URL(fileURLWithPath: path).deletingLastPathComponent().lastPathComponent + "/"
-            + URL(fileURLWithPath: path).lastPathComponent
+        // A run directory names its metrics file (runs/capsule-r0.6/metrics.jsonl → capsule-r0.6).
+        let url = URL(fileURLWithPath: path)
+        name = url.lastPathComponent == "metrics.jsonl" ? url.deletingLastPathComponent().lastPathComponent
+            : url.deletingPathExtension().lastPathComponent
         steps = []; loss = []; validationSteps = []; validation = []
         for (line, object) in objects {
             let f = Fields(object: object, place: "\(path):\(line)")

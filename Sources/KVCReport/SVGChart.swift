@@ -86,7 +86,9 @@ public struct SVGChart {
             let ly = top + 8 + Double(i) * 18
             svg += "<line x1=\"\(f(left + plotW + 12))\" y1=\"\(f(ly))\" x2=\"\(f(left + plotW + 32))\" y2=\"\(f(ly))\" "
                 + "stroke=\"\(colour)\" stroke-width=\"2\"\(dash)/>\n"
-            svg += "<text x=\"\(f(left + plotW + 38))\" y=\"\(f(ly + 4))\">\(escapeXML(s.label))</text>\n"
+            let label = s.label.count > 22 ? s.label.prefix(21) + "…" : s.label
+            svg += "<text x=\"\(f(left + plotW + 38))\" y=\"\(f(ly + 4))\"><title>\(escapeXML(s.label))</title>"
+                + "\(escapeXML(label))</text>\n"
         }
         svg += "</svg>\n"
         return svg

@@ -23,6 +23,9 @@ public struct EasyVQAEvaluation {
         public var progress = false
         /// Images run through the front end together.
         public var frontEndBatch = 16
+        /// Answer with the best of these labels (the data set's answers) at the first answer step
+        /// (`ConstrainedAnswer`) instead of free greedy generation: the meaningful blind baseline. Nil: greedy.
+        public var constrainedLabels: [String]?
         public init() {}
     }
 
@@ -62,6 +65,8 @@ public struct EasyVQAEvaluation {
         public var ratio: Double?
         public var kv_bytes_vision: Int?
         public var kv_bytes_vision_full: Int?
+        /// Answers chosen among the labels from first-step logits (`Options.constrainedLabels`).
+        public var constrained: Bool?
     }
 
     public struct Result {
@@ -103,6 +108,7 @@ public struct EasyVQAEvaluation {
         var records = [Record?](repeating: nil, count: questions.count)
         var correct = 0, bytes = 0, fullBytes = 0, visionHeld = 0, visionFull = 0
         var ratio: Double?
+        let scorer = try options.constrainedLabels.map { try ConstrainedAnswer(labels: $0, tokenizer: model.backbone.tokenizer) }
         var frontEndSeconds = 0.0, prefixSeconds = 0.0, questionSeconds = 0.0, decodeSeconds = 0.0
         let start = DispatchTime.now()
         for chunk in stride(from: 0, to: order.count, by: max(1, options.frontEndBatch)) {
@@ -117,12 +123,20 @@ public struct EasyVQAEvaluation {
                 prefixSeconds += prefilled.timing.prefillSeconds
                 for i in byImage[id]! {
                     let q = questions[i]
-                    let answer = try model.answer(question: q.text, after: prefilled)
+                    let text: String
+                    if let scorer {
+                        let t = DispatchTime.now()
+                        text = scorer.choose(logits: try model.firstAnswerLogits(question: q.text, after: prefilled))
+                        questionSeconds += Double(DispatchTime.now().uptimeNanoseconds - t.uptimeNanoseconds) / 1e9
+                    } else {
+                        let answer = try model.answer(question: q.text, after: prefilled)
+                        text = answer.text
+                        questionSeconds += answer.timing.prefillSeconds
+                        decodeSeconds += answer.timing.decodeSeconds
+                    }
                     let record = Record(image: "\(split.split.rawValue)/images/\(id).png", question: q.text,
-                                        expected: q.answer, answer: answer.text)
+                                        expected: q.answer, answer: text)
                     records[i] = record
-                    questionSeconds += answer.timing.prefillSeconds
-                    decodeSeconds += answer.timing.decodeSeconds
                     if record.correct { correct += 1 }
                     bytes += storedBytes(prefilled.cache)
                     fullBytes += prefilled.cache.length * fullBytesPerPosition
@@ -145,6 +159,7 @@ public struct EasyVQAEvaluation {
                               seconds_question: questionSeconds, seconds_decode: decodeSeconds,
                               kv_bytes: n > 0 ? bytes / n : 0, kv_bytes_full: n > 0 ? fullBytes / n : 0,
                               skipped: split.skipped.count, front_end: options.frontEndPath)
+        if options.constrainedLabels != nil { summary.constrained = true }
         if let ratio, n > 0 {
             summary.ratio = ratio
             summary.kv_bytes_vision = visionHeld / n

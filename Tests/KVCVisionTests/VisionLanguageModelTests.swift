@@ -120,6 +120,42 @@ final class VisionLanguageModelTests: XCTestCase {
         XCTAssertEqual(argmax(continued), argmax(fresh))
     }
 
+    // MARK: Constrained answers (the blind baseline)
+
+    func testConstrainedAnswerPicksTheLabelWithTheBestFirstTokenLogit() throws {
+        let vlm = try model()
+        let dataset = try EasyVQA(root: TestSupport.easyVQARoot())
+        let scorer = try ConstrainedAnswer(labels: dataset.answers, tokenizer: vlm.backbone.tokenizer)
+        let vocab = vlm.backbone.model.config.vocabularySize
+        for (i, label) in dataset.answers.enumerated() {
+            // A logit spike on the capitalised spelling's first token selects the label, whatever the others hold.
+            var logits = [Float](repeating: 0, count: vocab)
+            let capitalised = label.prefix(1).uppercased() + label.dropFirst()
+            let token = try XCTUnwrap(vlm.backbone.tokenizer.encode(capitalised).first)
+            if scorer.firstTokens[i].contains(token) {
+                logits[token] = 5
+                XCTAssertEqual(scorer.choose(logits: logits), label)
+            }
+            logits = [Float](repeating: 0, count: vocab)
+            logits[scorer.firstTokens[i][0]] = 1
+            XCTAssertEqual(scorer.choose(logits: logits), label)
+        }
+        XCTAssertThrowsError(try ConstrainedAnswer(labels: ["red", "red"], tokenizer: vlm.backbone.tokenizer)) { error in
+            XCTAssertTrue("\(error)".contains("'red'"), "\(error)")
+        }
+
+        // Blind and constrained, every answer is a label, and the summary says how the answers were chosen.
+        var options = EasyVQAEvaluation.Options()
+        options.limit = 12
+        options.blind = true
+        options.constrainedLabels = dataset.answers
+        let result = try EasyVQAEvaluation(model: vlm, options: options).run(try dataset.load(.test))
+        XCTAssertEqual(result.records.count, 12)
+        XCTAssertTrue(result.records.allSatisfy { dataset.answers.contains($0.answer) }, "\(result.records.map(\.answer))")
+        XCTAssertEqual(result.summary.constrained, true)
+        XCTAssertEqual(result.summary.accuracy, Double(result.records.filter(\.correct).count) / 12, accuracy: 1e-12)
+    }
+
     // MARK: Bad entries
 
     func testUnreadableImagesAreCountedAsSkippedWithTheirReason() throws {
