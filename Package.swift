@@ -92,7 +92,7 @@ let package = Package(
             "KVCVision", "KVCCapsule", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "Sources/Tools/kvc-train", swiftSettings: swiftSettings),
         .executableTarget(name: "kvc-eval", dependencies: [
-            "KVCVision", "KVCCapsule", "KVCCollector", "KVCBaselines", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "KVCVision", "KVCCapsule", "KVCCollector", "KVCBaselines", "KVCSmolVLM", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "Sources/Tools/kvc-eval", swiftSettings: swiftSettings),
         .executableTarget(name: "kvc-sweep", dependencies: [
             "KVCVision", "KVCBaselines", .product(name: "ArgumentParser", package: "swift-argument-parser"),

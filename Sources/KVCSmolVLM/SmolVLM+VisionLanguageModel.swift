@@ -11,6 +11,15 @@ extension SmolVLM.ImageEncoder: ImageTokenSource {
 }
 
 extension SmolVLM {
+    /// `path` when it names a directory — a Hugging Face model, for the commands' `--model`, which otherwise takes a
+    /// GGUF file.
+    public static func modelDirectory(_ path: String?) -> String? {
+        var isDirectory: ObjCBool = false
+        guard let path, FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue
+        else { return nil }
+        return path
+    }
+
     /// The model as the toolkit's `VisionLanguageModel` (what collection, evaluation and the capsule caches take), with
     /// SmolVLM's prompt format: `<|im_start|>User:` + per image `<fake_token_around_image><global-img>` + image tokens
     /// + `<fake_token_around_image>`, then `QUESTION<end_of_utterance>\nAssistant:`. Each piece is tokenized on its own;

@@ -71,8 +71,7 @@ struct CollectCommand: ParsableCommand {
 
     /// The project's VLM (GGUF decoder + trained front end), or a Hugging Face SmolVLM directory given as --model.
     private func loadModel() throws -> (VisionLanguageModel, (fingerprint: String, model: String, frontEnd: String)) {
-        var isDirectory: ObjCBool = false
-        if let model, FileManager.default.fileExists(atPath: model, isDirectory: &isDirectory), isDirectory.boolValue {
+        if let model = SmolVLM.modelDirectory(model) {
             let fingerprint = try SmolVLM.fingerprint(directory: model)
             return (try SmolVLM(directory: model).visionLanguageModel(), (fingerprint, fingerprint, ""))
         }

@@ -4,6 +4,7 @@ import KVCBaselines
 import KVCCore
 import KVCCapsule
 import KVCCollector
+import KVCSmolVLM
 import KVCVision
 
 /// Accuracy of the VLM on easy-VQA: a thin command over `EasyVQAEvaluation`.
@@ -41,7 +42,8 @@ struct KVCEval: ParsableCommand {
     @Flag(help: "Print the summary as JSON.") var json = false
     @Option(name: .customLong("front-end"), help: "Front-end checkpoint.")
     var frontEnd = "checkpoints/frontend-easyvqa.safetensors"
-    @Option(help: "GGUF model file (default: the project's SmolLM2 asset).") var model: String?
+    @Option(help: "GGUF model file (default: the project's SmolLM2 asset), or a Hugging Face SmolVLM directory.")
+    var model: String?
     @Option(help: "easy-VQA directory (default: the project's asset).") var data: String?
     @Flag(help: "Blind baseline: the same model with the image tokens left out of the prompt.") var blind = false
     @Option(help: "Decoder threads (default: all cores).") var threads: Int?
@@ -71,7 +73,9 @@ struct KVCEval: ParsableCommand {
 
     func run() throws {
         do {
-            let vlm = try VisionLanguageModel.load(modelPath: model ?? Assets.smolLM2GGUF, frontEndPath: frontEnd)
+            let smolVLMDirectory = SmolVLM.modelDirectory(model)   // then --front-end is not used
+            let vlm = try smolVLMDirectory.map { try SmolVLM(directory: $0).visionLanguageModel() }
+                ?? VisionLanguageModel.load(modelPath: model ?? Assets.smolLM2GGUF, frontEndPath: frontEnd)
             if let threads { vlm.backbone.model.threads = threads }
             let dataset = try EasyVQA(root: data ?? Assets.easyVQA)
             let loaded = try dataset.load(EasyVQA.Split(rawValue: split)!, progress: !quiet)
@@ -84,11 +88,12 @@ struct KVCEval: ParsableCommand {
             options.limit = limit
             options.blind = blind
             options.progress = !quiet
-            options.frontEndPath = frontEnd
+            options.frontEndPath = smolVLMDirectory ?? frontEnd
             var evaluation = EasyVQAEvaluation(model: vlm, options: options)
             if let adapter {
                 let modelPath = model ?? Assets.smolLM2GGUF
-                let fingerprint = try CacheCollector.fingerprint(modelPath: modelPath, frontEndPath: frontEnd).fingerprint
+                let fingerprint = try smolVLMDirectory.map(SmolVLM.fingerprint(directory:))
+                    ?? CacheCollector.fingerprint(modelPath: modelPath, frontEndPath: frontEnd).fingerprint
                 let config = vlm.backbone.model.config, rope = vlm.backbone.model.rope
                 let settings = try CapsuleAdapter.load(path: adapter, config: config, fingerprint: fingerprint).settings
                 evaluation.options.cacheName = "capsule"

@@ -51,12 +51,7 @@ struct KVCRun: ParsableCommand {
     var frontEnd = "checkpoints/frontend-easyvqa.safetensors"
 
     /// `--model` names a Hugging Face directory rather than a GGUF file.
-    var huggingFaceDirectory: String? {
-        var isDirectory: ObjCBool = false
-        guard let model, FileManager.default.fileExists(atPath: model, isDirectory: &isDirectory), isDirectory.boolValue
-        else { return nil }
-        return model
-    }
+    var huggingFaceDirectory: String? { SmolVLM.modelDirectory(model) }
 
     func validate() throws {
         if [prompt != nil, perplexity != nil, tokenIds != nil].filter({ $0 }).count != 1 {
