@@ -32,6 +32,7 @@ let package = Package(
         .executable(name: "kvc-collect", targets: ["kvc-collect"]),
         .executable(name: "kvc-train", targets: ["kvc-train"]),
         .executable(name: "kvc-export", targets: ["kvc-export"]),
+        .executable(name: "kvc-ablate", targets: ["kvc-ablate"]),
         .executable(name: "kvc-eval", targets: ["kvc-eval"]),
         .executable(name: "kvc-report", targets: ["kvc-report"]),
         .executable(name: "kvc-sweep", targets: ["kvc-sweep"]),
@@ -100,6 +101,9 @@ let package = Package(
         .executableTarget(name: "kvc-export", dependencies: [
             "KVCCapsule", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "Sources/Tools/kvc-export", swiftSettings: swiftSettings),
+        .executableTarget(name: "kvc-ablate", dependencies: [
+            "KVCCapsule", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], path: "Sources/Tools/kvc-ablate", swiftSettings: swiftSettings),
         .executableTarget(name: "kvc-collect", dependencies: [
             "KVCCollector", "KVCSmolVLM", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "Sources/Tools/kvc-collect", swiftSettings: swiftSettings),
