@@ -110,6 +110,9 @@ public final class SmolVLM {
                            + "image(s) give \(perImage * imageTokens.count) (\(perImage) each, a \(side)x\(side) grid)")
         }
         let hidden = decoder.config.hiddenSize
+        for (i, tokens) in imageTokens.enumerated() where tokens.count != perImage * hidden {
+            throw KVCError("image \(i) has \(tokens.count) token values, expected \(perImage) x \(hidden)")
+        }
         var pieces: [PromptPiece] = [], grids: [ImageGrid] = []
         var text: [Int] = []
         var image = 0, row = 0
