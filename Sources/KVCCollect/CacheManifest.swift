@@ -94,6 +94,16 @@ public final class CacheStore {
             throw KVCError.file(directory + "/" + CacheManifest.fileName,
                                 "layout_version \(manifest.layoutVersion), this build reads \(CacheShard.layoutVersion)")
         }
+        // The manifest is read as untrusted input: its own fields must agree before anyone sizes work by them.
+        let manifestPath = directory + "/" + CacheManifest.fileName
+        for s in manifest.shards where s.file.contains("/") || !s.file.hasPrefix("shard-") || s.samples < 0 {
+            throw KVCError.file(manifestPath, "shard entry \(s.file) (\(s.samples) samples) is not a shard-*.safetensors file "
+                                + "of this directory with a sample count")
+        }
+        guard manifest.sampleCount == manifest.shards.reduce(0, { $0 + $1.samples }) else {
+            throw KVCError.file(manifestPath, "sample_count \(manifest.sampleCount) differs from the sum over its shards, "
+                                + "\(manifest.shards.reduce(0) { $0 + $1.samples })")
+        }
         if verifyChecksums {
             for s in manifest.shards {
                 let path = directory + "/" + s.file
@@ -113,6 +123,11 @@ public final class CacheStore {
             let reader = try CacheShard.Reader(path: directory + "/" + s.file)
             guard reader.header.fingerprint == manifest.fingerprint else {
                 throw KVCError.file(reader.path, "fingerprint differs from the manifest's")
+            }
+            // Readers index samples with the manifest's layout, so a shard must match it (and its sample count).
+            guard reader.header.layout == manifest.layout, reader.count == s.samples else {
+                throw KVCError.file(reader.path, "holds \(reader.count) samples of layout \(reader.header.layout); the "
+                                    + "manifest says \(s.samples) of \(manifest.layout): rebuild it (rerun kvc-collect)")
             }
             for i in 0..<reader.count { try body(try reader.sample(i)) }
         }

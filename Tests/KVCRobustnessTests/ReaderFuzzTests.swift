@@ -115,7 +115,12 @@ final class ReaderFuzzTests: XCTestCase {
             attempt(dir, &tally) {
                 let store = try CacheStore(directory: dir, verifyChecksums: true)
                 var n = 0
-                try store.forEachSample { _ in n += 1 }
+                // Trainers index samples with the manifest's layout: every sample handed out must fit it.
+                try store.forEachSample { sample in
+                    XCTAssertNoThrow(try sample.validate(against: store.manifest.layout), "a sample does not fit the manifest's layout")
+                    n += 1
+                }
+                XCTAssertEqual(n, store.count, "the manifest's sample_count differs from the samples read")
                 return n
             }
         }
