@@ -19,10 +19,11 @@ public struct ParityDump {
     public var kvHeads: Int
     public var headDim: Int
 
-    /// Runs `model` on `tokenIds`, image-token positions filled with the tokens of `images` in order.
+    /// Runs `model` on `tokenIds`, image-token positions filled with the tokens of `images` in order (their tiles and
+    /// global images when the processor splits images).
     public static func run(model: SmolVLM, tokenIds: [Int], images: [Image]) throws -> ParityDump {
         guard !tokenIds.isEmpty else { throw KVCError("no token ids given") }
-        let imageTokens = try model.imageTokens(for: images)
+        let imageTokens = try model.imageInputs(for: images).flatMap(\.tokens)
         let (pieces, _) = try model.prompt(tokenIds: tokenIds, imageTokens: imageTokens)
         return try run(decoder: model.decoder, prompt: pieces)
     }

@@ -35,9 +35,17 @@ public final class SmolVLM {
                                                   textWidth: config.text.llama.hiddenSize)
         }
 
-        /// The image's tokens, `[tokensPerImage, textHidden]` row-major, raster order over a `gridSide` square.
+        /// The tokens of the image's square global image alone, `[tokensPerImage, textHidden]` row-major, raster order
+        /// over a `gridSide` square (what `VisionLanguageModel` uses: a fixed number of tokens per image).
         public func tokens(for image: Image) -> [Float] {
             tokens(pixels: processor.pixels(image))
+        }
+
+        /// The image as the processor config says: with splitting, one token array per tile (row-major) then the
+        /// global image's; without, the global image's alone.
+        public func input(for image: Image) -> ImageInput {
+            let processed = processor.process(image)
+            return ImageInput(tokens: processed.images.map(tokens(pixels:)), rows: processed.rows, cols: processed.cols)
         }
 
         /// The same from already-preprocessed planar pixels `[3, imageSize, imageSize]`.
@@ -82,19 +90,27 @@ public final class SmolVLM {
         }
     }
 
-    /// Each image's tokens (see `ImageEncoder.tokens(for:)`).
+    /// One image's tokens for the prompt: one `[tokensPerImage * hidden]` array per tile and one for the global image,
+    /// with the tile grid (rows = cols = 0: the global image alone), which decides its placeholder text.
+    public struct ImageInput: Sendable {
+        public var tokens: [[Float]]
+        public var rows: Int
+        public var cols: Int
+    }
+
+    /// Each image's input (see `ImageEncoder.input(for:)`).
     /// - Throws: `KVCError` when images are given to a model without a vision tower.
-    public func imageTokens(for images: [Image]) throws -> [[Float]] {
+    public func imageInputs(for images: [Image]) throws -> [ImageInput] {
         guard !images.isEmpty else { return [] }
         guard let vision else { throw KVCError("this model (\(directory)) has no vision tower; it takes no images") }
-        return images.map(vision.tokens(for:))
+        return images.map(vision.input(for:))
     }
 
     /// The image token id (nil for a text-only model).
     public var imageTokenId: Int? { vision?.config.imageTokenId }
 
     /// A prompt for exactly `tokenIds`, with the positions holding the image token id replaced, in order, by the rows of
-    /// `imageTokens` (each image's `[tokensPerImage * hidden]`), and the grid of every image's tokens.
+    /// `imageTokens` (each image, tile or global image, `[tokensPerImage * hidden]`), and the grid of each one's tokens.
     /// - Throws: `KVCError` when the number of image-token positions does not match the images given, or an image's
     ///   positions are not one contiguous run (no grid then).
     public func prompt(tokenIds: [Int], imageTokens: [[Float]]) throws -> (pieces: [PromptPiece], grids: [ImageGrid]) {

@@ -29,6 +29,35 @@ final class HFParityTests: XCTestCase {
         try assertParity(dump, expected, layers: 3, label: "idefics3")
     }
 
+    /// Image splitting as SmolVLM ships it: a 100x70 image becomes 2x2 tiles + the global image (5 x 9 tokens behind
+    /// `<row_r_col_c>` markers); pixels, prompt ids, logits and K/V against the processor and model with splitting on.
+    func testImageSplittingMatchesTransformers() throws {
+        let dir = try Fixture.copy("idefics3")
+        try FileManager.default.removeItem(atPath: dir + "/preprocessor_config.json")
+        try FileManager.default.copyItem(atPath: dir + "/preprocessor_config.split.json", toPath: dir + "/preprocessor_config.json")
+        let expected = try SafetensorsFile(path: dir + "/expected.safetensors")
+        let model = try SmolVLM(directory: dir)
+        let vision = try XCTUnwrap(model.vision)
+        XCTAssertTrue(vision.processor.doImageSplitting)
+        let image = try Image.load(path: dir + "/split.png")
+
+        let processed = vision.processor.process(image)
+        XCTAssertEqual([processed.rows, processed.cols, processed.images.count], [2, 2, 5])
+        let reference = try expected.floats("split.pixel_values"), ours = processed.images.flatMap { $0 }
+        XCTAssertEqual(ours.count, reference.count)
+        var largest: Float = 0
+        for i in ours.indices { largest = max(largest, abs(ours[i] - reference[i])) }
+        XCTAssertLessThanOrEqual(largest, 1e-6, "tile pixels")
+
+        let inputs = try model.imageInputs(for: [image])
+        let ids = try model.encode(try XCTUnwrap(expected.metadata["prompt"]), images: inputs)
+        XCTAssertEqual(ids, try expected.ints("split.input_ids"))
+        let (pieces, grids) = try model.prompt(tokenIds: ids, imageTokens: inputs.flatMap(\.tokens))
+        XCTAssertEqual(grids.map(\.count), [9, 9, 9, 9, 9])
+        try assertParity(try ParityDump.run(decoder: model.decoder, prompt: pieces), expected, layers: 3,
+                         label: "idefics3 split", prefix: "split.")
+    }
+
     /// SmolVLM2's class name loads the same network (the reference script checks transformers gives the same outputs).
     func testSmolVLMClassNameLoadsTheSameNetwork() throws {
         let dir = try Fixture.copy("idefics3")
@@ -106,16 +135,17 @@ final class HFParityTests: XCTestCase {
         }
     }
 
-    private func assertParity(_ dump: ParityDump, _ expected: SafetensorsFile, layers: Int, label: String) throws {
+    private func assertParity(_ dump: ParityDump, _ expected: SafetensorsFile, layers: Int, label: String,
+                              prefix: String = "") throws {
         XCTAssertEqual(dump.keys.count, layers)
-        let logits = maxRelativeError(dump.logits, try expected.floats("logits"))
-        XCTAssertEqual(try expected.info("logits").shape, [dump.tokenCount, dump.vocabularySize])
+        let logits = maxRelativeError(dump.logits, try expected.floats(prefix + "logits"))
+        XCTAssertEqual(try expected.info(prefix + "logits").shape, [dump.tokenCount, dump.vocabularySize])
         XCTAssertLessThanOrEqual(logits, Self.tolerance, "\(label) logits")
         var worst: Float = 0
         for i in 0..<layers {
-            XCTAssertEqual(try expected.info("layers.\(i).key").shape, [dump.kvHeads, dump.tokenCount, dump.headDim])
-            let k = maxRelativeError(dump.keys[i], try expected.floats("layers.\(i).key"))
-            let v = maxRelativeError(dump.values[i], try expected.floats("layers.\(i).value"))
+            XCTAssertEqual(try expected.info(prefix + "layers.\(i).key").shape, [dump.kvHeads, dump.tokenCount, dump.headDim])
+            let k = maxRelativeError(dump.keys[i], try expected.floats(prefix + "layers.\(i).key"))
+            let v = maxRelativeError(dump.values[i], try expected.floats(prefix + "layers.\(i).value"))
             XCTAssertLessThanOrEqual(k, Self.tolerance, "\(label) layer \(i) keys")
             XCTAssertLessThanOrEqual(v, Self.tolerance, "\(label) layer \(i) values")
             worst = max(worst, k, v)

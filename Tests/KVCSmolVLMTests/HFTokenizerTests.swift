@@ -59,7 +59,8 @@ final class HFTokenizerTests: XCTestCase {
         var parameters = GenerationParameters.greedy(maxTokens: 4)
         parameters.stopTokens = []
         let tokens = try model.generate(tokenIds: try expected.ints("input_ids"),
-                                        images: [Image.load(path: dir + "/image.png")], parameters: parameters)
+                                        imageInputs: model.imageInputs(for: [Image.load(path: dir + "/image.png")]),
+                                        parameters: parameters)
         XCTAssertEqual(tokens.count, 4)
         XCTAssertEqual(tokens.first, last.indices.max { last[$0] < last[$1] })
     }

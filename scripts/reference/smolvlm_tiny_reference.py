@@ -39,6 +39,7 @@ TOKENIZER_TEXTS = ["Hello world! The red circle is 12345 pixels wide.", "<|im_st
                    "  double  spaces\tand tabs, don't stop"]
 # Sizes (width, height) for the resampling test: upscaling a wide image, downscaling a tall one.
 RESIZE_CASES = {"resize_wide": (37, 23), "resize_tall": (70, 101)}
+SPLIT_IMAGE = (100, 70)
 CORPUS = ["the red circle is above the blue square", "what colour is the shape? it is green",
           "is there a triangle in the image? yes, there is", "numbers like 2024 and 12345 are split into digits",
           "Hello world, hello there. What is the shape in the picture?"] * 20
@@ -58,8 +59,9 @@ def make_tokenizer():
     tok.train_from_iterator(CORPUS, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
                                    unk_token="<|endoftext|>", pad_token="<|endoftext|>")
+    tile_markers = [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
     fast.add_special_tokens({"additional_special_tokens": ["<fake_token_around_image>", "<image>",
-                                                           "<end_of_utterance>", "<global-img>"]})
+                                                           "<end_of_utterance>", "<global-img>"] + tile_markers})
     return fast
 
 
@@ -121,7 +123,7 @@ def make_idefics3(out):
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                   image_size=48, patch_size=8, layer_norm_eps=1e-6)
-    config = Idefics3Config(vision_config=vision, text_config=text_config(3, tie=False, vocab=320),
+    config = Idefics3Config(vision_config=vision, text_config=text_config(3, tie=False, vocab=352),
                             image_token_id=image_token_id, scale_factor=2)
     model = Idefics3ForConditionalGeneration(config).eval()
     redraw(model, torch.Generator().manual_seed(SEED))
@@ -161,6 +163,22 @@ def make_idefics3(out):
         picture = test_image(w, h)
         picture.save(os.path.join(out, f"{name}.png"))
         expected[f"{name}.pixel_values"] = image_processor(images=[[picture]], return_tensors="pt")["pixel_values"][0, 0]
+    # Image splitting (SmolVLM's default): a 100x70 image becomes 2x2 tiles of 48 px plus the global image, each 9
+    # tokens, behind <row_i_col_j> markers. Its processor config is written next to the plain one.
+    split_processor = Idefics3ImageProcessor(do_image_splitting=True, size={"longest_edge": 96},
+                                             max_image_size={"longest_edge": 48})
+    split_processor.to_json_file(os.path.join(out, "preprocessor_config.split.json"))
+    picture = test_image(*SPLIT_IMAGE)
+    picture.save(os.path.join(out, "split.png"))
+    split = Idefics3Processor(split_processor, tokenizer, image_seq_len=(48 // 8) ** 2 // 4)(
+        text=[PROMPT], images=[[picture]], return_tensors="pt")
+    split_logits, split_cache = run(model, input_ids=split["input_ids"], pixel_values=split["pixel_values"],
+                                    pixel_attention_mask=split.get("pixel_attention_mask"))
+    assert bool(split["pixel_attention_mask"].all()), "tiles are not padded"
+    expected["split.input_ids"] = split["input_ids"][0].to(torch.int64)
+    expected["split.pixel_values"] = split["pixel_values"][0].contiguous()
+    expected["split.logits"] = split_logits
+    expected.update({f"split.{k}": v for k, v in cache_tensors(split_cache, config.text_config.num_hidden_layers).items()})
     for i, text in enumerate(TOKENIZER_TEXTS):
         expected[f"tokenizer.{i}"] = torch.tensor(tokenizer.encode(text, add_special_tokens=False), dtype=torch.int64)
     metadata = {"prompt": PROMPT, **{f"tokenizer.{i}": t for i, t in enumerate(TOKENIZER_TEXTS)}}

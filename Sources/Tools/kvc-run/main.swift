@@ -144,6 +144,9 @@ struct KVCRun: ParsableCommand {
             return try runPerplexity(backbone, file: perplexity)
         }
         let images = try image.map { try Image.load(path: $0) }
+        let imageStart = Date()
+        let inputs = try vlm.imageInputs(for: images)   // tiles and global images, as the processor config says
+        let imageSeconds = Date().timeIntervalSince(imageStart)
         let ids: [Int]
         if let tokenIds {
             ids = try tokenIds.split(separator: ",").enumerated().map { i, field in
@@ -153,17 +156,15 @@ struct KVCRun: ParsableCommand {
                 return id
             }
         } else if vlm.vision != nil && (chat || !images.isEmpty) {
-            ids = try vlm.encode(SmolVLMPrompt.chat(question: prompt ?? "", imageCount: images.count))
+            ids = try vlm.encode(SmolVLMPrompt.chat(question: prompt ?? "", imageCount: images.count), images: inputs)
         } else if chat, let backbone = vlm.backbone {
             ids = backbone.encodeChat(user: prompt ?? "")
         } else {
-            ids = try vlm.encode(prompt ?? "")
+            ids = try vlm.encode(prompt ?? "", images: inputs)
         }
         if let dump {
-            let imageStart = Date()
-            let imageTokens = try vlm.imageTokens(for: images)
             let decoderStart = Date()
-            let (pieces, grids) = try vlm.prompt(tokenIds: ids, imageTokens: imageTokens)
+            let (pieces, grids) = try vlm.prompt(tokenIds: ids, imageTokens: inputs.flatMap(\.tokens))
             let result = try ParityDump.run(decoder: vlm.decoder, prompt: pieces)
             let decoderSeconds = Date().timeIntervalSince(decoderStart)
             try result.write(to: dump)
@@ -171,7 +172,7 @@ struct KVCRun: ParsableCommand {
                 "dump": dump, "tokens": result.tokenCount, "layers": result.keys.count, "kv_heads": result.kvHeads,
                 "head_dim": result.headDim, "vocab": result.vocabularySize,
                 "image_grids": grids.map { ["start": $0.start, "rows": $0.rows, "cols": $0.cols] },
-                "load_seconds": loadSeconds, "image_seconds": decoderStart.timeIntervalSince(imageStart),
+                "load_seconds": loadSeconds, "image_seconds": imageSeconds,
                 "prefill_seconds": decoderSeconds]
             let data = try JSONSerialization.data(withJSONObject: doc, options: [.sortedKeys, .withoutEscapingSlashes])
             print(String(decoding: data, as: UTF8.self))
@@ -179,7 +180,7 @@ struct KVCRun: ParsableCommand {
         }
         let stream = !json
         let start = Date()
-        let tokens = try vlm.generate(tokenIds: ids, images: images, parameters: generationParameters) { id, piece in
+        let tokens = try vlm.generate(tokenIds: ids, imageInputs: inputs, parameters: generationParameters) { id, piece in
             if stream { FileHandle.standardOutput.write(Data((vlm.backbone == nil ? "\(id) " : piece).utf8)) }
             return true
         }
