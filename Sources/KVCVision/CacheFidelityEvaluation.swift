@@ -2,6 +2,7 @@ import Dispatch
 import Foundation
 import KVCBackbone
 import KVCCore
+import KVCTokenizer
 
 /// Accuracy of a cache method on the (multi-image) easy-VQA task together with its fidelity to the full float16
 /// cache on the same questions: greedy-answer agreement, top-1 agreement and KL of the first answer token's
@@ -110,19 +111,36 @@ public struct CacheFidelityEvaluation {
                                                   kvHeadCount: c.kvHeadCount, headDim: c.headDim)
                     }
                 }
-                let answer = try model.answer(question: q.text, after: prefilled)
-                run.observations.append(Observation(answer: answer.text, expected: q.expected, logits: logits,
+                let answer = try greedyAnswer(from: logits, cache: prefilled.cache)
+                run.observations.append(Observation(answer: answer, expected: q.expected, logits: logits,
                                                     attention: attention))
                 run.bytes += method.storedBytes(prefilled.cache)
                 run.bytesFull += prefilled.cache.length * perPosition
                 run.visionBytes += vision.held
                 run.visionBytesFull += vision.full
-                if answer.text == q.expected { correct += 1 }
+                if answer == q.expected { correct += 1 }
                 meter.advance(status: String(format: "accuracy %.3f", Double(correct) / Double(meter.done + 1)))
             }
         }
         run.seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
         return run
+    }
+
+    /// Continues greedily from the first answer token's `logits` (the question is in the cache) until the first word
+    /// is complete, as `VisionLanguageModel.answer` does, without prefilling the question a second time.
+    private func greedyAnswer(from first: [Float], cache: KVCache) throws -> String {
+        let backbone = model.backbone, stops = backbone.defaultStopTokens
+        var logits = first, text = "", produced = 0
+        var stream = StreamingDecoder(tokenizer: backbone.tokenizer)
+        while produced < model.maxAnswerTokens {
+            let next = logits.withUnsafeBufferPointer { Sampler.argmax($0) }
+            if stops.contains(next) { break }
+            produced += 1
+            text += stream.push(next)
+            if AnswerText.hasCompleteFirstWord(text) || produced == model.maxAnswerTokens { break }
+            logits = try backbone.model.forward(tokens: [next], cache: cache)
+        }
+        return AnswerText.firstWord(text + stream.finish())
     }
 
     /// Per-question records of `run` next to the full cache's answers.
@@ -147,7 +165,7 @@ public struct CacheFidelityEvaluation {
             if m.answer == m.expected { correct += 1 }
             if f.answer == f.expected { correctFull += 1 }
             if m.answer == f.answer { agree += 1 }
-            if Self.argmax(m.logits) == Self.argmax(f.logits) { top1 += 1 }
+            if m.logits.withUnsafeBufferPointer(Sampler.argmax) == f.logits.withUnsafeBufferPointer(Sampler.argmax) { top1 += 1 }
             kl += Self.klDivergence(full: f.logits, other: m.logits)
             for l in 0..<layers { attentionError[l] += Self.relativeError(m.attention[l], reference: f.attention[l]) }
         }
@@ -162,12 +180,6 @@ public struct CacheFidelityEvaluation {
                        kv_bytes_vision: run.visionBytes / n, kv_bytes_vision_full: run.visionBytesFull / n,
                        questions_per_s: run.seconds > 0 ? dn / run.seconds : 0, seconds: run.seconds,
                        threads: model.backbone.model.threads)
-    }
-
-    static func argmax(_ x: [Float]) -> Int {
-        var best = 0
-        for i in x.indices where x[i] > x[best] { best = i }
-        return best
     }
 
     /// KL(p_full || p_other) in nats between the softmax distributions of two logit vectors.

@@ -59,12 +59,14 @@ final class BaselineCompressorTests: XCTestCase {
     }
 
     /// H2O in its cache, end to end: queries that look along one direction, keys with a large component along it for
-    /// some image tokens; those are the ones kept, and the scores match a direct softmax computation.
+    /// some image tokens; those are the ones kept. (Token 2, the first image token, is the only thing its own query
+    /// sees besides text with no key component, so it receives a third of that row: more than a heavy token seen by
+    /// the last row alone would — H2O's known bias towards early tokens, hence no heavy token at 9 here.)
     func testCacheScoresPrefillAttentionAndEvictsTheLeastAttended() throws {
         let config = LlamaConfig(layerCount: 2, hiddenSize: 8, intermediateSize: 8, headCount: 2, kvHeadCount: 1, headDim: 4,
                                  vocabularySize: 10, contextLength: 64, ropeBase: 10_000, rmsNormEpsilon: 1e-5)
         let cache = VisionSpanCache(config: config, compressor: H2OEviction(ratio: 0.5))
-        let t = 10, heavy: Set<Int> = [3, 6, 8, 9]
+        let t = 10, heavy: Set<Int> = [3, 5, 6, 8]
         var rng = SeededRandom(seed: 4)
         var keys = [Float](repeating: 0, count: t * 4), values = keys
         for j in 0..<t {
@@ -81,7 +83,7 @@ final class BaselineCompressorTests: XCTestCase {
         XCTAssertNil(cache.queryObserver, "nothing to observe once compressed")
         for l in 0..<2 {
             cache.withLayer(l) { view in
-                XCTAssertEqual((0..<view.count).map { view.position($0) }, [0, 1, 3, 6, 8, 9])
+                XCTAssertEqual((0..<view.count).map { view.position($0) }, [0, 1, 3, 5, 6, 8])
             }
         }
         XCTAssertEqual(cache.visionBytes, 2 * (4 * 4 * 2 * 2 + 1), "4 tokens x (key + value) float16 + 1 mask byte, per layer")
