@@ -3,6 +3,7 @@ import XCTest
 import KVCCapsule
 import KVCCollect
 import KVCCore
+import KVCTensor
 import KVCVision
 
 /// Seeded mutation fuzzing of the readers that had none: cache shards, cache manifests and YAML recipes (base,
@@ -126,6 +127,68 @@ final class ReaderFuzzTests: XCTestCase {
         }
         XCTAssertGreaterThan(tally.refused, total / 4)
         print("fuzz cache manifest + store: \(tally)")
+    }
+
+    // MARK: Training state and front-end checkpoints
+
+    func testTrainingCheckpointRestoreSurvivesMutants() throws {
+        var rng = SeededRandom(seed: 4)
+        let model = MLP(sizes: [8, 16, 4], rng: &rng)
+        let optimizer = AdamW(parameters: model.parameters)
+        // One step, so the moments are not all zero.
+        let x = Tensor.randn([4, 8], rng: &rng)
+        mseLoss(model(x), Tensor.randn([4, 4], rng: &rng)).backward()
+        optimizer.step()
+        let dir = try ChildProcess.temporaryDirectory("fuzz-state")
+        let path = dir + "/state.safetensors"
+        try TrainingCheckpoint(step: 1, parameters: model.namedParameters, optimizers: ["adamw": optimizer],
+                               random: ["order": rng], metadata: ["k": "v"]).save(to: path)
+        let seed = Array(try Data(contentsOf: URL(fileURLWithPath: path)))
+        var mutator = Mutator(rng: SeededRandom(seed: 0x57A7))
+        var tally = Tally()
+        let total = Mutator.iterations(default: 1500)
+        for _ in 0..<total {
+            var bytes = seed
+            mutator.mutate(&bytes, hot: 8 + headerLength(seed))
+            try Data(bytes).write(to: URL(fileURLWithPath: path))
+            var target = SeededRandom(seed: 9)
+            let fresh = MLP(sizes: [8, 16, 4], rng: &target)
+            let freshOptimizer = AdamW(parameters: fresh.parameters)
+            let before = fresh.parameters.flatMap(\.scalars)
+            let readBefore = tally.read
+            attempt(path, &tally) {
+                let restored = try TrainingCheckpoint.restore(from: path, parameters: fresh.namedParameters,
+                                                              optimizers: ["adamw": freshOptimizer])
+                XCTAssertEqual(fresh.parameters.flatMap(\.scalars), model.parameters.flatMap(\.scalars),
+                               "a mutant restored other parameters than were saved (checksum missed it)")
+                return restored.step >= 0 ? 1 : 0
+            }
+            if tally.read == readBefore {
+                XCTAssertEqual(fresh.parameters.flatMap(\.scalars), before, "a refused checkpoint modified the parameters")
+            }
+        }
+        XCTAssertGreaterThan(tally.refused, total / 2)
+        print("fuzz training checkpoint restore: \(tally)")
+    }
+
+    func testFrontEndCheckpointLoaderSurvivesMutants() throws {
+        let seed = Array(try Data(contentsOf: URL(fileURLWithPath: TinyRuns.frontEnd)))
+        let dir = try ChildProcess.temporaryDirectory("fuzz-frontend")
+        let path = dir + "/frontend.safetensors"
+        var mutator = Mutator(rng: SeededRandom(seed: 0xF0E1))
+        var tally = Tally()
+        let total = Mutator.iterations(default: 1000)   // each mutant is a 2.7 MB file
+        for _ in 0..<total {
+            var bytes = seed
+            mutator.mutate(&bytes, hot: 8 + headerLength(seed))
+            try Data(bytes).write(to: URL(fileURLWithPath: path))
+            attempt(path, &tally) {
+                let frontEnd = try FrontEnd.load(from: path)
+                return frontEnd.tokensPerImage > 0 ? 1 : 0
+            }
+        }
+        XCTAssertGreaterThan(tally.refused, total / 2)
+        print("fuzz front-end checkpoint loader: \(tally)")
     }
 
     // MARK: Recipes
