@@ -23,7 +23,8 @@ struct KVCRun: ParsableCommand {
               features in order; writes float32 logits [T, vocab] and layers.i.key / layers.i.value
               [kv_heads, T, head_dim], keys after RoPE in transformers' layout, for parity checks)
             Text prompts need the directory's tokenizer.json (byte-level BPE; others: use --token-ids). With images,
-            --prompt is the user message of SmolVLM's chat format; a single global image per --image (no tiles).
+            --prompt is the user message of SmolVLM's chat format; each --image is split into tiles plus a global image
+            when the directory's preprocessor_config.json says so (do_image_splitting), as transformers does.
             """)
 
     @Option(help: "Text to continue (with --chat: the user's message).") var prompt: String?
