@@ -108,7 +108,8 @@ let package = Package(
             "KVCCollector", "KVCSmolVLM", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "Sources/Tools/kvc-collect", swiftSettings: swiftSettings),
         .executableTarget(name: "kvc-bench", dependencies: [
-            "KVCTensor", "KVCBackbone", "KVCCollector", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "KVCTensor", "KVCBackbone", "KVCCollector", "KVCCapsule", "KVCVision",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "Sources/Tools/kvc-bench", swiftSettings: swiftSettings),
 
         .executableTarget(name: "kvc-report", dependencies: [

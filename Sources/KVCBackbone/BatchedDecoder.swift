@@ -5,10 +5,10 @@ extension LlamaModel {
     /// One decoding step of several sequences together: `tokens[i]` is appended to sequence `i`, whose cache is
     /// `caches[i]`, at position `caches[i].length`. Returns the next-token logits, row-major `[sequences][vocabulary]`.
     ///
-    /// The sequences share every weight product of the step (each linear map becomes one gemm over the batch rather
-    /// than one matrix-vector product per sequence), while each attends over its own cache — plain, capsule (dense or
-    /// fused) or any other `KVCache`, mixed freely, at different lengths. Results equal single-stream decoding up to
-    /// the summation order of the gemm.
+    /// The sequences share every weight product of the step (`BlockMatMat` reads each stored block once for several
+    /// sequences instead of once per sequence), while each attends over its own cache — plain, capsule (dense or
+    /// fused) or any other `KVCache`, mixed freely, at different lengths. The products sum in the single-stream order,
+    /// so each sequence's logits equal decoding it alone.
     /// - Throws: `KVCError` for a token outside the vocabulary, a cache given twice, or a sequence at the context length.
     public func decodeStep(tokens: [Int], caches: [KVCache]) throws -> [Float] {
         guard tokens.count == caches.count, !tokens.isEmpty else {
@@ -33,7 +33,7 @@ extension LlamaModel {
         }
         let router = BatchRouter(caches: caches, threads: threads)
         return embeddings.withUnsafeBufferPointer {
-            run(embeddings: $0.baseAddress!, positions: router.positions, cache: router, logits: .all)
+            run(embeddings: $0.baseAddress!, positions: router.positions, cache: router, logits: .all, rowsAreSequences: true)
         }
     }
 }

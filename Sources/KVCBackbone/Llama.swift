@@ -138,9 +138,10 @@ public final class LlamaModel: @unchecked Sendable {
     /// The decoder over one row per entry of `positions` (rotated to that position). Rows of a batch may belong to
     /// different sequences: then `cache` routes each row's append and attention to its own cache (`BatchedDecoder`).
     func run(embeddings: UnsafePointer<Float>, positions: [Int], cache: KVCache, logits: LogitRows,
-             observeQueries: QueryObserver? = nil) -> [Float] {
+             observeQueries: QueryObserver? = nil, rowsAreSequences: Bool = false) -> [Float] {
         let count = positions.count
         let work = Workspace(config: config, count: count)
+        work.rowsAreSequences = rowsAreSequences
         work.x.update(from: embeddings, count: count * config.hiddenSize)
         work.queryObserver = observeQueries
         for (row, position) in positions.enumerated() {
@@ -183,7 +184,8 @@ public final class LlamaModel: @unchecked Sendable {
         let first = work.x + (t - n) * h
         rmsNorm(first, weight: outputNorm, epsilon: config.rmsNormEpsilon, into: work.normed, count: n, width: h)
         var out = [Float](repeating: 0, count: n * vocab)
-        out.withUnsafeMutableBufferPointer { apply(outputHead, work.normed, count: n, into: $0.baseAddress!, threads: threads) }
+        out.withUnsafeMutableBufferPointer { apply(outputHead, work.normed, count: n, into: $0.baseAddress!, threads: threads,
+                                                      batch: work.rowsAreSequences) }
         return out
     }
 }
@@ -220,6 +222,8 @@ private final class Workspace {
     let activated: UnsafeMutablePointer<Float>  // [T][intermediate]
     let ropeTables: UnsafeMutablePointer<Float> // [T][headDim] interleaved cos/sin
     var queryObserver: LlamaModel.QueryObserver?
+    /// Rows are one new token each of different sequences (a batched decode step), not a prompt.
+    var rowsAreSequences = false
     private let all: [UnsafeMutablePointer<Float>]
 
     init(config c: LlamaConfig, count t: Int) {
@@ -248,8 +252,16 @@ private final class Workspace {
 
 /// A linear map applied to the `count` rows of a forward call: quantized matrix-vector for one row, gemm otherwise.
 @inline(__always)
-private func apply(_ w: WeightMatrix, _ x: UnsafePointer<Float>, count: Int, into y: UnsafeMutablePointer<Float>, threads: Int) {
-    if count == 1 { w.multiplyVector(x, into: y, threads: threads) } else { w.multiply(x, count: count, into: y) }
+private func apply(_ w: WeightMatrix, _ x: UnsafePointer<Float>, count: Int, into y: UnsafeMutablePointer<Float>, threads: Int,
+                   batch: Bool) {
+    if count == 1 {
+        w.multiplyVector(x, into: y, threads: threads)
+    } else if batch {
+        // A batched decode step: the block kernels, reading each block once for several sequences (same sums as alone).
+        BlockMatMat.run(w, x: x, count: count, y: y, threads: threads)
+    } else {
+        w.multiply(x, count: count, into: y)
+    }
 }
 
 private final class Attention {
@@ -268,7 +280,7 @@ private final class Attention {
         let c = model.config
         let t = work.count, d = c.headDim
         let qkvWidth = c.queryDim + 2 * c.kvDim
-        apply(qkv, work.normed, count: t, into: work.qkv, threads: model.threads)
+        apply(qkv, work.normed, count: t, into: work.qkv, threads: model.threads, batch: work.rowsAreSequences)
         // Split q | k | v, rotate q and k to their positions, and lay k and v out head-major for the cache.
         for i in 0..<t {
             let row = work.qkv + i * qkvWidth
@@ -287,7 +299,7 @@ private final class Attention {
         cache.append(layer: layerIndex, keys: work.keys, values: work.values, count: t)
         cache.attention(layer: layerIndex, queries: work.queries, count: t, firstPosition: firstPosition,
                         headCount: c.headCount, output: work.attention, threads: model.threads)
-        apply(output, work.attention, count: t, into: work.projected, threads: model.threads)
+        apply(output, work.attention, count: t, into: work.projected, threads: model.threads, batch: work.rowsAreSequences)
     }
 }
 
@@ -306,7 +318,7 @@ private final class MLP {
     /// SwiGLU: down(silu(gate(x)) * up(x)), from `work.normed` to `work.projected`.
     func forward(_ work: Workspace, model: LlamaModel) {
         let f = model.config.intermediateSize, t = work.count
-        apply(gateUp, work.normed, count: t, into: work.gateUp, threads: model.threads)
+        apply(gateUp, work.normed, count: t, into: work.gateUp, threads: model.threads, batch: work.rowsAreSequences)
         for i in 0..<t {
             let gate = work.gateUp + i * 2 * f, up = gate + f, out = work.activated + i * f
             for j in 0..<f {
@@ -314,7 +326,7 @@ private final class MLP {
                 out[j] = g / (1 + expf(-g)) * up[j]
             }
         }
-        apply(down, work.activated, count: t, into: work.projected, threads: model.threads)
+        apply(down, work.activated, count: t, into: work.projected, threads: model.threads, batch: work.rowsAreSequences)
     }
 }
 

@@ -152,9 +152,11 @@ private struct FusedHeadWork {
         // Column scales of int8 keys fold into the queries: q·(s ⊙ k8) = (q ⊙ s)·k8.
         let columnScale: [Float]? = stored.precision == .int8 ? HalfConversion.halfToFloat(stored.scales) : nil
 
+        let rank = capsule.plan.valueRank.map { _ in capsule.values[layer][h].rank }
         let scratch = Scratch(
             w: layout.groups.reduce(0) { $0 + $1.slots } * d, u: maxSlots * g * d, q: g * d,
-            scores: rows * g * entries, span: rows * g * n)
+            scores: rows * g * entries, span: rows * g * n,
+            values: rank.map { n * $0 + $0 * d + rows * g * $0 + d } ?? n * d, vision: rows * g * d)
         defer { scratch.free() }
 
         // Transformed-query weights of this layer and head: w = a ⊙ e^{iΔθ}, per group and slot (row-independent).
@@ -233,34 +235,26 @@ private struct FusedHeadWork {
                 for j in grp.members { span[Int(j)] = p[column]; column += 1 }
             }
         }
-        let vision = UnsafeMutablePointer<Float>.allocate(capacity: m * d)
-        defer { vision.deallocate() }
-        if capsule.plan.valueRank == nil {
-            let raw = HalfConversion.halfToFloat(capsule.rawValues[slot])
-            raw.withUnsafeBufferPointer {
-                BLAS.gemm(m: m, n: d, k: n, a: scratch.span, b: $0.baseAddress!, c: vision)
-            }
-        } else {
+        let vision = scratch.vision
+        if let q = rank {
+            // Factors widened into scratch (no allocation per step): C [n, q], B [q, d], then y = P·C [m, q], mean [d].
             let factors = capsule.values[layer][h]
-            let mean = HalfConversion.halfToFloat(factors.mean)
+            let c = scratch.values, b = c + n * q, y = b + q * d, mean = y + m * q
+            factors.mean.withUnsafeBufferPointer { HalfConversion.halfToFloat($0.baseAddress!, mean, count: d) }
             for r in 0..<m {
                 var total: Float = 0
                 for j in 0..<n { total += scratch.span[r * n + j] }
                 for e in 0..<d { vision[r * d + e] = total * mean[e] }
             }
-            let q = factors.rank
             if q > 0 {
-                let c = factors.coefficients.floats(), b = factors.basis.floats()
-                var y = [Float](repeating: 0, count: m * q)
-                c.withUnsafeBufferPointer { cp in
-                    y.withUnsafeMutableBufferPointer { yp in
-                        BLAS.gemm(m: m, n: q, k: n, a: scratch.span, b: cp.baseAddress!, c: yp.baseAddress!)
-                        b.withUnsafeBufferPointer { bp in
-                            BLAS.gemm(m: m, n: d, k: q, a: yp.baseAddress!, b: bp.baseAddress!, beta: 1, c: vision)
-                        }
-                    }
-                }
+                factors.coefficients.dequantize(into: c)
+                factors.basis.dequantize(into: b)
+                BLAS.gemm(m: m, n: q, k: n, a: scratch.span, b: c, c: y)
+                BLAS.gemm(m: m, n: d, k: q, a: y, b: b, beta: 1, c: vision)
             }
+        } else {
+            capsule.rawValues[slot].withUnsafeBufferPointer { HalfConversion.halfToFloat($0.baseAddress!, scratch.values, count: n * d) }
+            BLAS.gemm(m: m, n: d, k: n, a: scratch.span, b: scratch.values, c: vision)
         }
         for i in 0..<rows {
             let out = output + i * rowStride + h * g * d
@@ -300,14 +294,16 @@ private struct FusedHeadWork {
     /// One allocation for the per-head buffers.
     private struct Scratch {
         let base: UnsafeMutablePointer<Float>
-        let w, u, q, scores, span: UnsafeMutablePointer<Float>
-        init(w: Int, u: Int, q: Int, scores: Int, span: Int) {
-            base = .allocate(capacity: w + u + q + scores + span + 1)
+        let w, u, q, scores, span, values, vision: UnsafeMutablePointer<Float>
+        init(w: Int, u: Int, q: Int, scores: Int, span: Int, values: Int, vision: Int) {
+            base = .allocate(capacity: w + u + q + scores + span + values + vision + 1)
             self.w = base
             self.u = self.w + w
             self.q = self.u + u
             self.scores = self.q + q
             self.span = self.scores + scores
+            self.values = self.span + span
+            self.vision = self.values + values
         }
         func free() { base.deallocate() }
     }

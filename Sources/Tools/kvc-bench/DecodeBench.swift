@@ -159,11 +159,7 @@ struct DecodeBench: ParsableCommand {
         return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
     }
 
-    private static func loadAverage() -> Double {
-        guard let text = try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8),
-              let first = text.split(separator: " ").first, let value = Double(first) else { return 0 }
-        return value
-    }
+    private static func loadAverage() -> Double { SystemLoad.oneMinute() }
 
     private func elapsed(since start: DispatchTime) -> Double {
         Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9

@@ -5,7 +5,8 @@ struct KVCBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kvc-bench",
         abstract: "Benchmarks of the toolkit, printed next to their references.",
-        subcommands: [FrozenDecoderBench.self, MatmulBench.self, TrainStepBench.self, DecodeBench.self, CollectBench.self])
+        subcommands: [FrozenDecoderBench.self, MatmulBench.self, TrainStepBench.self, DecodeBench.self, CollectBench.self,
+                      CapsuleBench.self])
 }
 
 KVCBench.main()

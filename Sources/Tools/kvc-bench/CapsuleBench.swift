@@ -1,0 +1,290 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import KVCBackbone
+import KVCCapsule
+import KVCCollector
+import KVCCore
+import KVCVision
+
+/// What the capsule saves and costs in speed: single-stream decoding, and tokens/s under a fixed KV memory budget,
+/// for the full float16 cache and each adapter in dense and fused mode, side by side in one run.
+struct CapsuleBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "capsule",
+        abstract: "Decode speed of the capsule cache (dense and fused) against the full float16 cache, single stream and under a KV memory budget.",
+        discussion: """
+        Prompts: --images easy-VQA test images per prompt (the VLM's prefix, sequence s using images s*K..<(s+1)*K),
+        then one question; capsule caches compress the vision span after the prefix. Each sequence then decodes
+        --decode-tokens greedy tokens (not stopping at end of turn), after 2 untimed warm-up tokens.
+
+        Per method and ratio:
+          kv_bytes / kv_bytes_full   bytes the cache stores for one sequence at the end of decoding, and what a full
+                                     float16 cache stores for the same positions;
+          decode_tps, step_ms        single-stream decode rate (batch 1, --threads decoder threads);
+          attention_ms_per_step      time inside the cache's attention per step, all layers (dense: rebuild + kernel;
+                                     fused: the fused kernel; full: the kernel);
+          overhead_ms_per_step       attention_ms_per_step minus the full cache's, and overhead_share = that / step_ms
+                                     (what reconstruction costs a decode step);
+          batch, tps                 sequences whose kv_bytes fit --budget-mb (at most --max-batch), decoded together
+                                     (LlamaModel.decodeStep), and their total tokens/s; tps_vs_full = tps / full's tps.
+        Dense mode also keeps one layer of float32 scratch per sequence, not counted in kv_bytes or the budget.
+        """)
+
+    @Option(help: "GGUF model file (default: the project's SmolLM2 asset).") var model: String?
+    @Option(name: .customLong("front-end"), help: "Front-end checkpoint.") var frontEnd = "checkpoints/frontend-easyvqa.safetensors"
+    @Option(parsing: .upToNextOption, help: "Capsule adapters (.kvcap), one row pair (dense, fused) each.")
+    var adapters = ["checkpoints/capsule-r0.6.kvcap", "checkpoints/capsule-r0.8.kvcap"]
+    @Option(parsing: .upToNextOption, help: "Capsule modes to measure (dense, fused).") var modes = ["dense", "fused"]
+    @Option(help: "easy-VQA directory (default: the project's asset).") var data: String?
+    @Option(help: "Images per prompt.") var images = 8
+    @Option(name: .customLong("budget-mb"), help: "KV memory budget in MB (10^6 bytes) for the batched regime.")
+    var budgetMB: Double = 64
+    @Option(name: .customLong("max-batch"), help: "Most sequences decoded together.") var maxBatch = 24
+    @Option(name: .customLong("decode-tokens"), help: "Timed decode steps per run.") var decodeTokens = 32
+    @Option(help: "Decoder and BLAS threads.") var threads = 2
+    @Option(help: "The question after the images.") var question = "In image 1, what shape is it?"
+    @Flag(help: "Print one JSON object instead of a table.") var json = false
+
+    struct Row: Codable {
+        var method: String
+        var ratio: Double
+        var ratioMeasured: Double?
+        var kvBytes: Int
+        var kvBytesFull: Int
+        var decodeTps: Double
+        var stepMs: Double
+        var attentionMsPerStep: Double
+        var overheadMsPerStep: Double
+        var overheadShare: Double
+        var budgetMb: Double
+        var batch: Int
+        var tps: Double
+        var tpsVsFull: Double
+    }
+
+    struct Regime: Codable {
+        var images: Int
+        var contextTokens: Int
+        var decodeTokens: Int
+        var budgetMb: Double
+        var threads: Int
+        var cores: Int
+        var loadAverage: Double
+        var loadAverageEnd: Double
+        var question: String
+        var batchRule = "as many sequences as fit the budget by kv_bytes at the end of decoding, decoded together"
+    }
+
+    struct Report: Codable {
+        var bench = "capsule"
+        var regime: Regime
+        var rows: [Row]
+    }
+
+    func validate() throws {
+        if images < 1 { throw ValidationError("--images must be >= 1") }
+        if budgetMB <= 0 { throw ValidationError("--budget-mb must be > 0") }
+        if maxBatch < 1 { throw ValidationError("--max-batch must be >= 1") }
+        if decodeTokens < 1 { throw ValidationError("--decode-tokens must be >= 1") }
+        if threads < 1 { throw ValidationError("--threads must be >= 1") }
+        for mode in modes where CapsuleAttentionMode(rawValue: mode) == nil {
+            throw ValidationError("--modes: '\(mode)' is not one of \(CapsuleAttentionMode.allCases.map(\.rawValue))")
+        }
+    }
+
+    func run() throws {
+        let loadAverage = SystemLoad.oneMinute()
+        let modelPath = model ?? Assets.smolLM2GGUF
+        let vlm = try VisionLanguageModel.load(modelPath: modelPath, frontEndPath: frontEnd)
+        let llama = vlm.backbone.model
+        llama.threads = threads
+        BLAS.threads = threads
+        let fingerprint = try CacheCollector.fingerprint(modelPath: modelPath, frontEndPath: frontEnd).fingerprint
+        let capsules = try adapters.map { try CapsuleAdapter.load(path: $0, config: llama.config, fingerprint: fingerprint).settings }
+        let test = try EasyVQA(root: data ?? Assets.easyVQA).load(.test)
+        guard test.images.count >= images else {
+            throw KVCError("easy-VQA test has \(test.images.count) usable images, fewer than --images \(images)")
+        }
+        let workload = BenchWorkload(vlm: vlm, images: test.images, perPrompt: images, question: question,
+                                     decodeTokens: decodeTokens)
+
+        var methods: [(name: String, ratio: Double, make: () -> KVCache)] = [("full", 0, { llama.makeCache() })]
+        for settings in capsules {
+            for mode in modes.compactMap(CapsuleAttentionMode.init(rawValue:)) {
+                var s = settings
+                s.mode = mode
+                methods.append(("capsule-\(mode.rawValue)", settings.budget.ratio,
+                                { CapsuleCache(config: llama.config, rope: llama.rope, settings: s) }))
+            }
+        }
+        var rows: [Row] = []
+        var fullAttention = 0.0, fullTps = 0.0
+        let meter = Progress("kvc-bench capsule", total: methods.count, unit: "methods", enabled: !json)
+        for method in methods {
+            let single = try workload.singleStream(make: method.make)
+            let fits = Int(budgetMB * 1e6) / max(single.kvBytes, 1)
+            let batch = min(maxBatch, fits)
+            let tps = batch > 0 ? try workload.batched(count: batch, make: method.make) : 0
+            if method.name == "full" { fullAttention = single.attentionSeconds; fullTps = tps }
+            let overhead = (single.attentionSeconds - fullAttention) * 1000
+            let stepMs = single.stepSeconds * 1000
+            rows.append(Row(method: method.name, ratio: method.ratio, ratioMeasured: single.visionRatio,
+                            kvBytes: single.kvBytes, kvBytesFull: single.kvBytesFull, decodeTps: 1 / single.stepSeconds,
+                            stepMs: stepMs, attentionMsPerStep: single.attentionSeconds * 1000,
+                            overheadMsPerStep: overhead, overheadShare: overhead / stepMs, budgetMb: budgetMB,
+                            batch: batch, tps: tps, tpsVsFull: fullTps > 0 ? tps / fullTps : 0))
+            meter.advance(status: "\(method.name) r=\(method.ratio): batch \(batch), \(String(format: "%.1f", tps)) tok/s")
+        }
+        let regime = Regime(images: images, contextTokens: workload.contextTokens, decodeTokens: decodeTokens,
+                            budgetMb: budgetMB, threads: threads, cores: ProcessInfo.processInfo.activeProcessorCount,
+                            loadAverage: loadAverage, loadAverageEnd: SystemLoad.oneMinute(), question: question)
+        try print(report: Report(regime: regime, rows: rows))
+    }
+
+    private func print(report: Report) throws {
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            encoder.keyEncodingStrategy = .convertToSnakeCase
+            Swift.print(String(decoding: try encoder.encode(report), as: UTF8.self))
+            return
+        }
+        let r = report.regime
+        Swift.print(String(format: "Regime: %d easy-VQA images per prompt, %d context tokens before decoding, %d decode steps; "
+                           + "budget %.0f MB; %d threads on %d cores, load average %.2f at start, %.2f at the end",
+                           r.images, r.contextTokens, r.decodeTokens, r.budgetMb, r.threads, r.cores, r.loadAverage,
+                           r.loadAverageEnd))
+        Swift.print("| method | ratio (measured) | kv_bytes | vs full | single tok/s | step ms | attention ms/step | overhead ms/step (share) | batch | tok/s in budget | vs full |")
+        Swift.print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for row in report.rows {
+            let ratio = row.method == "full" ? "-" : String(format: "%.1f (%.3f)", row.ratio, row.ratioMeasured ?? 0)
+            Swift.print(String(format: "| %@ | %@ | %d | %.2fx smaller | %.1f | %.2f | %.2f | %+.2f (%+.1f%%) | %d | %.1f | %.2fx |",
+                               row.method, ratio, row.kvBytes, Double(row.kvBytesFull) / Double(max(row.kvBytes, 1)),
+                               row.decodeTps, row.stepMs, row.attentionMsPerStep, row.overheadMsPerStep,
+                               100 * row.overheadShare, row.batch, row.tps, row.tpsVsFull))
+        }
+    }
+}
+
+/// The prompts and decoding runs of the benchmark.
+private struct BenchWorkload {
+    let vlm: VisionLanguageModel
+    let images: EasyVQAImages
+    let perPrompt: Int
+    let question: String
+    let decodeTokens: Int
+    let warmup = 2
+
+    /// Positions in the cache before decoding starts (prefix + question).
+    var contextTokens: Int {
+        vlm.prefix(imageEmbeddings: Array(repeating: [Float](repeating: 0, count: vlm.frontEnd.tokensPerImage
+                                                            * vlm.backbone.model.config.hiddenSize), count: perPrompt)).length
+            + vlm.suffix(question: question).count
+    }
+
+    /// Sequence `index`: its images' prefix prefilled into `cache` (compressed if a capsule), then the question.
+    /// Returns the logits after the question.
+    func prefill(_ index: Int, into cache: KVCache) throws -> [Float] {
+        let rows = (0..<perPrompt).map { (index * perPrompt + $0) % images.count }
+        let embeddings = vlm.frontEnd.embed(rows.map { images.image(row: $0) })
+        let prefilled = try vlm.prefill(imageEmbeddings: embeddings, cache: cache) { cache, prefix in
+            try (cache as? CapsuleCache)?.compress(imageGridsAtPositions: prefix.grids)
+        }
+        return try vlm.backbone.model.forward(tokens: vlm.suffix(question: question), cache: prefilled.cache)
+    }
+
+    struct SingleStream {
+        var stepSeconds: Double
+        var attentionSeconds: Double
+        var kvBytes: Int
+        var kvBytesFull: Int
+        var visionRatio: Double?
+    }
+
+    /// One sequence decoded alone: seconds per step, seconds inside the cache's attention per step, bytes at the end.
+    func singleStream(make: () -> KVCache) throws -> SingleStream {
+        let model = vlm.backbone.model
+        let cache = TimedAttentionCache(make())
+        var logits = try prefill(0, into: cache.inner)
+        func step() throws { logits = try model.forward(tokens: [logits.withUnsafeBufferPointer { Sampler.argmax($0) }], cache: cache) }
+        for _ in 0..<warmup { try step() }
+        cache.seconds = 0
+        let start = DispatchTime.now()
+        for _ in 0..<decodeTokens { try step() }
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+        let c = model.config
+        let bytesPerPosition = c.layerCount * c.kvHeadCount * c.headDim * 2 * 2
+        var result = SingleStream(stepSeconds: seconds / Double(decodeTokens), attentionSeconds: cache.seconds / Double(decodeTokens),
+                                  kvBytes: (cache.inner as? PlainKVCache)?.storedBytes ?? 0,
+                                  kvBytesFull: cache.length * bytesPerPosition)
+        if let capsule = cache.inner as? CapsuleCache {
+            result.kvBytes = capsule.textBytes + capsule.visionBytes
+            result.visionRatio = 1 - Double(capsule.visionBytes) / Double(max(capsule.visionBytesFull, 1))
+        }
+        return result
+    }
+
+    /// `count` sequences decoded together: total tokens per second.
+    func batched(count: Int, make: () -> KVCache) throws -> Double {
+        let model = vlm.backbone.model
+        let caches = (0..<count).map { _ in make() }
+        var logits = try caches.enumerated().map { try prefill($0.offset, into: $0.element) }
+        let vocab = model.config.vocabularySize
+        func step() throws {
+            let next = logits.map { $0.withUnsafeBufferPointer { Sampler.argmax($0) } }
+            let all = try model.decodeStep(tokens: next, caches: caches)
+            logits = (0..<count).map { Array(all[($0 * vocab)..<(($0 + 1) * vocab)]) }
+        }
+        for _ in 0..<warmup { try step() }
+        let start = DispatchTime.now()
+        for _ in 0..<decodeTokens { try step() }
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+        return Double(count * decodeTokens) / seconds
+    }
+}
+
+/// Forwards to a cache and adds up the wall-clock time spent in its attention: the fused call when it takes it,
+/// else `withLayer` (which contains the dense rebuild and the shared kernel).
+private final class TimedAttentionCache: FusedAttentionCache {
+    let inner: KVCache
+    var seconds = 0.0
+
+    init(_ inner: KVCache) { self.inner = inner }
+
+    var layerCount: Int { inner.layerCount }
+    var kvHeadCount: Int { inner.kvHeadCount }
+    var headDim: Int { inner.headDim }
+    var length: Int { inner.length }
+    var residentBytes: Int { inner.residentBytes }
+
+    func append(layer: Int, keys: UnsafePointer<Float>, values: UnsafePointer<Float>, count: Int) {
+        inner.append(layer: layer, keys: keys, values: values, count: count)
+    }
+
+    func trim(to length: Int) { inner.trim(to: length) }
+
+    func withLayer<R>(_ layer: Int, _ body: (KVLayerView) throws -> R) rethrows -> R {
+        let start = DispatchTime.now()
+        defer { seconds += Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9 }
+        return try inner.withLayer(layer, body)
+    }
+
+    func attend(layer: Int, queries: UnsafePointer<Float>, count: Int, firstPosition: Int, headCount: Int,
+                output: UnsafeMutablePointer<Float>, threads: Int) -> Bool {
+        guard let fused = inner as? FusedAttentionCache else { return false }
+        let start = DispatchTime.now()
+        defer { seconds += Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9 }
+        return fused.attend(layer: layer, queries: queries, count: count, firstPosition: firstPosition,
+                            headCount: headCount, output: output, threads: threads)
+    }
+}
+
+/// The machine's 1-minute load average (0 where /proc is missing).
+enum SystemLoad {
+    static func oneMinute() -> Double {
+        guard let text = try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8),
+              let first = text.split(separator: " ").first, let value = Double(first) else { return 0 }
+        return value
+    }
+}
