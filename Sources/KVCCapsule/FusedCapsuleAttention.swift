@@ -88,11 +88,14 @@ struct FusedSpanLayout {
 }
 
 extension CapsuleCache: FusedAttentionCache {
-    /// The fused attention of one layer (DESIGN §2.1), or `false` to take the dense path: in dense mode, before
-    /// compression, when a query could precede part of the vision span, or for a stored form it does not read.
+    /// The fused attention of one layer (DESIGN §2.1), or `false` to take the dense path: in dense mode, with a trained
+    /// MLP key residual, before compression, when a query could precede part of the vision span, or for a stored form
+    /// it does not read.
     public func attend(layer: Int, queries: UnsafePointer<Float>, count t: Int, firstPosition: Int, headCount: Int,
                        output: UnsafeMutablePointer<Float>, threads: Int) -> Bool {
-        guard settings.mode == .fused, let capsule, let last = capsule.positions.last, Int(last) < firstPosition,
+        // The trained MLP residual is evaluated by the dense rebuild only: fused attention takes the linear part.
+        guard settings.mode == .fused, settings.keyResidual == nil, let capsule, let last = capsule.positions.last,
+              Int(last) < firstPosition,
               headDim % 8 == 0, headCount % kvHeadCount == 0 else { return false }
         for slot in (layer * kvHeadCount)..<((layer + 1) * kvHeadCount) {
             let keys = capsule.retainedKeys[slot]

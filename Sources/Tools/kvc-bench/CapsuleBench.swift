@@ -27,7 +27,9 @@ struct CapsuleBench: ParsableCommand {
           overhead_ms_per_step       attention_ms_per_step minus the full cache's, and overhead_share = that / step_ms
                                      (what reconstruction costs a decode step);
           batch, tps                 sequences whose kv_bytes fit --budget-mb (at most --max-batch), decoded together
-                                     (LlamaModel.decodeStep), and their total tokens/s; tps_vs_full = tps / full's tps.
+                                     (LlamaModel.decodeStep), and their total tokens/s; tps_vs_full = tps / full's tps;
+          *_cpu                      the same rates per CPU-second of the process: they hold up when other processes
+                                     share the cores (use --threads 1 for them, where no thread spins waiting for work).
         Dense mode also keeps one layer of float32 scratch per sequence, not counted in kv_bytes or the budget.
         """)
 
@@ -53,6 +55,9 @@ struct CapsuleBench: ParsableCommand {
         var kvBytes: Int
         var kvBytesFull: Int
         var decodeTps: Double
+        /// Single-stream tokens per CPU-second of the process (robust to other load; meaningful at --threads 1, where
+        /// no thread spins waiting for work).
+        var decodeTpsCpu: Double
         var stepMs: Double
         var attentionMsPerStep: Double
         var overheadMsPerStep: Double
@@ -61,6 +66,9 @@ struct CapsuleBench: ParsableCommand {
         var batch: Int
         var tps: Double
         var tpsVsFull: Double
+        /// Batched tokens per CPU-second, and its ratio to the full cache's.
+        var tpsCpu: Double
+        var tpsCpuVsFull: Double
     }
 
     struct Regime: Codable {
@@ -119,21 +127,23 @@ struct CapsuleBench: ParsableCommand {
             }
         }
         var rows: [Row] = []
-        var fullAttention = 0.0, fullTps = 0.0
+        var fullAttention = 0.0, fullTps = 0.0, fullTpsCPU = 0.0
         let meter = Progress("kvc-bench capsule", total: methods.count, unit: "methods", enabled: !json)
         for method in methods {
             let single = try workload.singleStream(make: method.make)
             let fits = Int(budgetMB * 1e6) / max(single.kvBytes, 1)
             let batch = min(maxBatch, fits)
-            let tps = batch > 0 ? try workload.batched(count: batch, make: method.make) : 0
-            if method.name == "full" { fullAttention = single.attentionSeconds; fullTps = tps }
+            let (tps, tpsCPU) = batch > 0 ? try workload.batched(count: batch, make: method.make) : (0, 0)
+            if method.name == "full" { fullAttention = single.attentionSeconds; fullTps = tps; fullTpsCPU = tpsCPU }
             let overhead = (single.attentionSeconds - fullAttention) * 1000
             let stepMs = single.stepSeconds * 1000
             rows.append(Row(method: method.name, ratio: method.ratio, ratioMeasured: single.visionRatio,
                             kvBytes: single.kvBytes, kvBytesFull: single.kvBytesFull, decodeTps: 1 / single.stepSeconds,
+                            decodeTpsCpu: 1 / single.stepCPUSeconds,
                             stepMs: stepMs, attentionMsPerStep: single.attentionSeconds * 1000,
                             overheadMsPerStep: overhead, overheadShare: overhead / stepMs, budgetMb: budgetMB,
-                            batch: batch, tps: tps, tpsVsFull: fullTps > 0 ? tps / fullTps : 0))
+                            batch: batch, tps: tps, tpsVsFull: fullTps > 0 ? tps / fullTps : 0, tpsCpu: tpsCPU,
+                            tpsCpuVsFull: fullTpsCPU > 0 ? tpsCPU / fullTpsCPU : 0))
             meter.advance(status: "\(method.name) r=\(method.ratio): batch \(batch), \(String(format: "%.1f", tps)) tok/s")
         }
         let regime = Regime(images: images, contextTokens: workload.contextTokens, decodeTokens: decodeTokens,
@@ -155,14 +165,15 @@ struct CapsuleBench: ParsableCommand {
                            + "budget %.0f MB; %d threads on %d cores, load average %.2f at start, %.2f at the end",
                            r.images, r.contextTokens, r.decodeTokens, r.budgetMb, r.threads, r.cores, r.loadAverage,
                            r.loadAverageEnd))
-        Swift.print("| method | ratio (measured) | kv_bytes | vs full | single tok/s | step ms | attention ms/step | overhead ms/step (share) | batch | tok/s in budget | vs full |")
-        Swift.print("|---|---|---|---|---|---|---|---|---|---|---|")
+        Swift.print("| method | ratio (measured) | kv_bytes | vs full | single tok/s | single tok/CPU-s | step ms | attention ms/step | "
+                    + "overhead ms/step (share) | batch | tok/s in budget | vs full | tok/CPU-s in budget | vs full |")
+        Swift.print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for row in report.rows {
             let ratio = row.method == "full" ? "-" : String(format: "%.1f (%.3f)", row.ratio, row.ratioMeasured ?? 0)
-            Swift.print(String(format: "| %@ | %@ | %d | %.2fx smaller | %.1f | %.2f | %.2f | %+.2f (%+.1f%%) | %d | %.1f | %.2fx |",
+            Swift.print(String(format: "| %@ | %@ | %d | %.2fx smaller | %.1f | %.1f | %.2f | %.2f | %+.2f (%+.1f%%) | %d | %.1f | %.2fx | %.1f | %.2fx |",
                                row.method, ratio, row.kvBytes, Double(row.kvBytesFull) / Double(max(row.kvBytes, 1)),
-                               row.decodeTps, row.stepMs, row.attentionMsPerStep, row.overheadMsPerStep,
-                               100 * row.overheadShare, row.batch, row.tps, row.tpsVsFull))
+                               row.decodeTps, row.decodeTpsCpu, row.stepMs, row.attentionMsPerStep, row.overheadMsPerStep,
+                               100 * row.overheadShare, row.batch, row.tps, row.tpsVsFull, row.tpsCpu, row.tpsCpuVsFull))
         }
     }
 }
@@ -196,6 +207,7 @@ private struct BenchWorkload {
 
     struct SingleStream {
         var stepSeconds: Double
+        var stepCPUSeconds: Double
         var attentionSeconds: Double
         var kvBytes: Int
         var kvBytesFull: Int
@@ -210,12 +222,14 @@ private struct BenchWorkload {
         func step() throws { logits = try model.forward(tokens: [logits.withUnsafeBufferPointer { Sampler.argmax($0) }], cache: cache) }
         for _ in 0..<warmup { try step() }
         cache.seconds = 0
-        let start = DispatchTime.now()
+        let start = DispatchTime.now(), cpuStart = SystemLoad.processCPUSeconds()
         for _ in 0..<decodeTokens { try step() }
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+        let cpuSeconds = SystemLoad.processCPUSeconds() - cpuStart
         let c = model.config
         let bytesPerPosition = c.layerCount * c.kvHeadCount * c.headDim * 2 * 2
-        var result = SingleStream(stepSeconds: seconds / Double(decodeTokens), attentionSeconds: cache.seconds / Double(decodeTokens),
+        var result = SingleStream(stepSeconds: seconds / Double(decodeTokens),
+                                  stepCPUSeconds: cpuSeconds / Double(decodeTokens), attentionSeconds: cache.seconds / Double(decodeTokens),
                                   kvBytes: (cache.inner as? PlainKVCache)?.storedBytes ?? 0,
                                   kvBytesFull: cache.length * bytesPerPosition)
         if let capsule = cache.inner as? CapsuleCache {
@@ -225,8 +239,8 @@ private struct BenchWorkload {
         return result
     }
 
-    /// `count` sequences decoded together: total tokens per second.
-    func batched(count: Int, make: () -> KVCache) throws -> Double {
+    /// `count` sequences decoded together: total tokens per wall-clock second and per CPU-second.
+    func batched(count: Int, make: () -> KVCache) throws -> (wall: Double, cpu: Double) {
         let model = vlm.backbone.model
         let caches = (0..<count).map { _ in make() }
         var logits = try caches.enumerated().map { try prefill($0.offset, into: $0.element) }
@@ -237,10 +251,11 @@ private struct BenchWorkload {
             logits = (0..<count).map { Array(all[($0 * vocab)..<(($0 + 1) * vocab)]) }
         }
         for _ in 0..<warmup { try step() }
-        let start = DispatchTime.now()
+        let start = DispatchTime.now(), cpuStart = SystemLoad.processCPUSeconds()
         for _ in 0..<decodeTokens { try step() }
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
-        return Double(count * decodeTokens) / seconds
+        let tokens = Double(count * decodeTokens)
+        return (tokens / seconds, tokens / (SystemLoad.processCPUSeconds() - cpuStart))
     }
 }
 
@@ -280,8 +295,16 @@ private final class TimedAttentionCache: FusedAttentionCache {
     }
 }
 
-/// The machine's 1-minute load average (0 where /proc is missing).
+/// What the machine is doing besides the benchmark, and the process's own CPU time.
 enum SystemLoad {
+    /// CPU seconds of this process, all threads (rates per CPU-second hold up when other processes share the cores).
+    static func processCPUSeconds() -> Double {
+        var t = timespec()
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t)
+        return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
+    }
+
+    /// The machine's 1-minute load average (0 where /proc is missing).
     static func oneMinute() -> Double {
         guard let text = try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8),
               let first = text.split(separator: " ").first, let value = Double(first) else { return 0 }

@@ -140,24 +140,19 @@ struct DecodeBench: ParsableCommand {
         for run in 0...repeats {
             let cache = llama.makeCache(initialCapacity: prompt.count + decodeTokens)
             var logits = try llama.forward(tokens: prompt, cache: cache)
-            let start = DispatchTime.now(), cpuStart = Self.processCPUSeconds()
+            let start = DispatchTime.now(), cpuStart = SystemLoad.processCPUSeconds()
             for _ in 0..<decodeTokens {
                 let next = logits.withUnsafeBufferPointer { Sampler.argmax($0) }
                 logits = try llama.forward(tokens: [next], cache: cache)
             }
             if run > 0 {
                 best.wall = min(best.wall, elapsed(since: start))
-                best.cpu = min(best.cpu, Self.processCPUSeconds() - cpuStart)
+                best.cpu = min(best.cpu, SystemLoad.processCPUSeconds() - cpuStart)
             }
         }
         return best
     }
 
-    private static func processCPUSeconds() -> Double {
-        var t = timespec()
-        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t)
-        return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
-    }
 
     private static func loadAverage() -> Double { SystemLoad.oneMinute() }
 
