@@ -34,8 +34,8 @@ echo "uninterrupted: ${clean}s"
 
 landed=0
 for ((k = 0; k < kills; k++)); do
-    # A moment uniform in 5-90% of the uninterrupted time.
-    delay=$(echo "scale=3; $clean * (5 + 85 * $RANDOM / 32767) / 100" | bc)
+    # Uniform in 5-100% of the uninterrupted time / kills, so the kills spread over the whole run.
+    delay=$(echo "scale=3; $clean * (5 + 95 * $RANDOM / 32767) / 100 / $kills" | bc)
     "$@" > /dev/null 2>> "$work.kill.log" &
     pid=$!
     sleep "$delay"

@@ -49,7 +49,8 @@ enum ChildProcess {
     /// Runs `executable` with `arguments` in the package root; with `killAfter`, sends SIGKILL after that many seconds
     /// unless it has exited before. With `fileSizeLimit` (bytes, a multiple of 1024) the child runs under that
     /// RLIMIT_FSIZE with SIGXFSZ ignored, so a write past it fails with EFBIG as on a full disk (no root needed).
-    static func run(_ executable: String, _ arguments: [String], killAfter: Double? = nil,
+    /// With `killWhen`, the clock of `killAfter` starts once it returns true (polled every 5 ms).
+    static func run(_ executable: String, _ arguments: [String], killWhen: (() -> Bool)? = nil, killAfter: Double? = nil,
                     fileSizeLimit: Int? = nil) throws -> Outcome {
         let p = Process()
         if let fileSizeLimit {
@@ -70,7 +71,12 @@ enum ChildProcess {
         try p.run()
         var killed = false
         if let killAfter {
-            while p.isRunning && Date().timeIntervalSince(start) < killAfter { usleep(5_000) }
+            var armed = start
+            if let killWhen {
+                while p.isRunning && !killWhen() { usleep(5_000) }
+                armed = Date()
+            }
+            while p.isRunning && Date().timeIntervalSince(armed) < killAfter { usleep(5_000) }
             if p.isRunning { kill(p.processIdentifier, SIGKILL); killed = true }
         }
         p.waitUntilExit()

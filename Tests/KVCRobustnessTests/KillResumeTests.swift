@@ -15,10 +15,13 @@ final class KillResumeTests: XCTestCase {
     }
 
     /// Runs `arguments(dir)` once uninterrupted and moves its directory aside; then runs it again in the same directory
-    /// (paths end up inside outputs, e.g. the recipe copy in an adapter) with `attempts` SIGKILLs at seeded moments
-    /// (uniform in 5-90% of the uninterrupted time), restarting after each, and a final run to the end.
-    /// `afterKill` inspects the directory after every kill. Returns both directories.
+    /// (paths end up inside outputs, e.g. the recipe copy in an adapter) with `attempts` SIGKILLs at seeded moments,
+    /// restarting after each, and a final run to the end. With `progress` (units of work done, read from the directory)
+    /// and `units`, each kill waits for a seeded random unit count past the current one (so kills land after
+    /// checkpoints, and resumes happen), then a seeded random fraction of one unit's time (so they land inside steps and writes); without,
+    /// kills fall uniformly in 5-90% of the uninterrupted time. `afterKill` inspects the directory after every kill.
     private func killAndResume(_ tool: String, tag: String, seed: UInt64, attempts: Int,
+                               progress: ((String) -> Int)? = nil, units: Int = 1,
                                arguments: (String) -> [String],
                                afterKill: (String) throws -> Void) throws -> (reference: String, resumed: String, run: KillRun) {
         let exe = try ChildProcess.executable(tool)
@@ -30,9 +33,20 @@ final class KillResumeTests: XCTestCase {
         try FileManager.default.moveItem(atPath: resumed, toPath: reference)
         try FileManager.default.createDirectory(atPath: resumed, withIntermediateDirectories: true)
         var rng = SeededRandom(seed: seed)
-        for _ in 0..<attempts {
-            let delay = clean.seconds * Double(0.05 + 0.85 * rng.nextUniform())
-            let outcome = try ChildProcess.run(exe, arguments(resumed), killAfter: delay)
+        for attempt in 0..<attempts {
+            let outcome: ChildProcess.Outcome
+            if let progress {
+                // A unit count past what is on disk now, before the last one (the run must not just complete),
+                // spread so that the remaining attempts still find work to interrupt.
+                let base = progress(resumed)
+                guard base < units - 1 else { break }
+                let target = base + 1 + rng.nextInt(below: max(1, (units - 1 - base) / (attempts - attempt)))
+                let delay = clean.seconds / Double(units + 1) * Double(rng.nextUniform())
+                outcome = try ChildProcess.run(exe, arguments(resumed), killWhen: { progress(resumed) >= target },
+                                               killAfter: delay)
+            } else {
+                outcome = try ChildProcess.run(exe, arguments(resumed), killAfter: clean.seconds * Double(0.05 + 0.85 * rng.nextUniform()))
+            }
             if outcome.killed {
                 run.kills += 1
                 try afterKill(resumed)
@@ -68,22 +82,35 @@ final class KillResumeTests: XCTestCase {
         try ChildProcess.requireAssets()
         let checkpointEvery = 2
         let recipe = { (dir: String) in (try? TinyRuns.frontEnd(in: dir, checkpointEvery: checkpointEvery)) ?? [] }
-        var worstLoss = 0
-        let (ref, killed, run) = try killAndResume("kvc-train", tag: "fe", seed: 11, attempts: 3, arguments: recipe) { dir in
+        var worstLoss = 0, resumedFrom: [Int] = []
+        let (ref, killed, run) = try killAndResume("kvc-train", tag: "fe", seed: 11, attempts: 3,
+                                                   progress: { Self.stepsLogged($0 + "/run/metrics.jsonl") }, units: 5,
+                                                   arguments: recipe) { dir in
             // What a kill may cost: the steps logged after the last checkpoint, at most one interval.
             let state = dir + "/run/train-state.safetensors"
             let saved = FileManager.default.fileExists(atPath: state) ? TrainingCheckpoint.savedStep(at: state) : 0
             XCTAssertNotNil(saved, "\(state) exists but does not load: a kill left it half-written")
-            let logged = Set(((try? String(contentsOfFile: dir + "/run/metrics.jsonl", encoding: .utf8)) ?? "")
-                .split(separator: "\n").filter { $0.hasSuffix("}") }).count
+            let logged = Self.stepsLogged(dir + "/run/metrics.jsonl")
             worstLoss = max(worstLoss, logged - (saved ?? 0))
+            resumedFrom.append(saved ?? 0)
             XCTAssertLessThanOrEqual(logged - (saved ?? 0), checkpointEvery, "a kill lost more than one checkpoint interval")
         }
         XCTAssertGreaterThanOrEqual(run.kills, 2, "too few kills landed while training ran")
+        XCTAssertTrue(resumedFrom.contains { $0 > 0 }, "no kill came after a checkpoint: nothing was resumed")
         let compared = try assertIdentical(ref, killed, ignoring: ["run/metrics.jsonl"])
         XCTAssertEqual(try metricsWithoutTimes(ref + "/run/metrics.jsonl"), try metricsWithoutTimes(killed + "/run/metrics.jsonl"))
         XCTAssertEqual(compared, 4)   // recipe, output, run/frontend.safetensors, run/train-state.safetensors
-        print("front-end kill test: \(run.kills) kills, \(compared) files + metrics identical, worst loss \(worstLoss) steps")
+        print("front-end kill test: \(run.kills) kills, checkpoints on disk at the kills: steps \(resumedFrom), \(compared) "
+              + "files + metrics identical, most steps lost to a kill \(worstLoss)")
+    }
+
+    /// Distinct steps in a metrics log (a killed run may have logged steps after its last checkpoint).
+    private static func stepsLogged(_ path: String) -> Int {
+        let lines = ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").split(separator: "\n")
+        return Set(lines.compactMap { line -> Int? in
+            guard let range = line.range(of: "\"step\":") else { return nil }
+            return Int(line[range.upperBound...].prefix { $0.isNumber })
+        }).count
     }
 
     /// The metrics log with the wall-clock field removed (everything else must match to the bit).
@@ -99,18 +126,23 @@ final class KillResumeTests: XCTestCase {
 
     func testCollectAndCapsuleFitKilledAndResumedAreBitIdentical() throws {
         try ChildProcess.requireAssets()
-        let (ref, killed, run) = try killAndResume("kvc-collect", tag: "collect", seed: 5, attempts: 4,
-                                                   arguments: { TinyRuns.collect(out: $0) }) { dir in
+        let shards = { (dir: String) in
+            ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter { $0.hasPrefix("shard-") }.count
+        }
+        var shardsAtKills: [Int] = []
+        let (ref, killed, run) = try killAndResume("kvc-collect", tag: "collect", seed: 5, attempts: 4, progress: shards,
+                                                   units: 8, arguments: { TinyRuns.collect(out: $0, limit: 8, perShard: 1) }) { dir in
+            shardsAtKills.append(shards(dir))
             // Every shard on disk is complete (a kill costs at most the shard being collected), and so is the manifest.
             for name in try FileManager.default.contentsOfDirectory(atPath: dir) where name.hasPrefix("shard-") {
                 let reader = try CacheShard.Reader(path: dir + "/" + name)
-                XCTAssertEqual(reader.count, 2, "\(name) is incomplete")
+                XCTAssertEqual(reader.count, 1, "\(name) is incomplete")
             }
             if FileManager.default.fileExists(atPath: dir + "/manifest.json") { _ = try CacheManifest.read(directory: dir) }
         }
         XCTAssertGreaterThanOrEqual(run.kills, 2, "too few kills landed while collecting")
         let compared = try assertIdentical(ref, killed)
-        XCTAssertEqual(compared, 4)   // 3 shards + manifest.json
+        XCTAssertEqual(compared, 9)   // 8 shards + manifest.json
 
         // The capsule fit of the collected caches: same command after kills, same adapter and report.
         let recipe = { (dir: String) in (try? TinyRuns.capsule(in: dir, caches: ref)) ?? [] }
@@ -121,7 +153,8 @@ final class KillResumeTests: XCTestCase {
         }
         let fitted = try assertIdentical(capsule.reference, capsule.resumed)
         XCTAssertEqual(fitted, 4)   // recipe, run/adapter.safetensors, run/report.json, run/recipe.yaml
-        print("collect kill test: \(run.kills) kills, \(compared) files identical; capsule fit: \(capsule.run.kills) kills, "
+        print("collect kill test: \(run.kills) kills (complete shards on disk at the kills: \(shardsAtKills)), \(compared) "
+              + "files identical; capsule fit: \(capsule.run.kills) kills, "
               + "\(fitted) files identical")
     }
 }
