@@ -115,3 +115,26 @@ final class KeyResidualMLPTests: XCTestCase {
         XCTAssertEqual(FileManager.default.contents(atPath: dir + "/a.kvcap"), FileManager.default.contents(atPath: dir + "/b.kvcap"))
     }
 }
+
+final class CapsuleRecipeTests: XCTestCase {
+    private func recipe(_ body: String) throws -> CapsuleRecipe {
+        let text = "kind: capsule\ncaches: c\nrun_dir: r\nratio: 0.8\n" + body
+        return try CapsuleRecipe(RecipeSection.parse(text, file: "t.yaml"), text: text)
+    }
+
+    func testMLPAndInt8KeysAreReadAndBadValuesNameTheirKey() throws {
+        let r = try recipe("key_ratio: 0.75\nkey_dtype: int8\nvalue_dtype: int8\nreconstructor:\n  kind: mlp\n  hidden: 32\n  epochs: 3\n")
+        XCTAssertEqual(r.mlp?.hidden, 32)
+        XCTAssertEqual(r.mlp?.epochs, 3)
+        XCTAssertEqual(r.fit.budget, CapsuleBudget(ratio: 0.8, keyRatio: 0.75, keyPrecision: .int8, valuePrecision: .int8))
+        XCTAssertNil(try recipe("reconstructor:\n  kind: linear\n").mlp)
+        for (body, names) in [("key_dtype: int4\n", ["key_dtype", "f16", "int8"]),
+                              ("reconstructor:\n  kind: mlp\n  hidden: 0\n", ["hidden"]),
+                              ("reconstructor:\n  kind: transformer\n", ["kind", "mlp"]),
+                              ("reconstructor:\n  kind: linear\n  epochs: 3\n", ["epochs"])] {
+            XCTAssertThrowsError(try recipe(body), body) { error in
+                for name in names { XCTAssertTrue("\(error)".contains(name), "\(body): \(error) should name \(name)") }
+            }
+        }
+    }
+}
