@@ -86,6 +86,7 @@ public struct KeyResidualTraining {
             (first, reports) = resumed
             log("resuming key MLP training at layer \(first) of \(layout.layers) from \(checkpointPath)")
         }
+        try dropMetrics(fromLayer: first, path: metricsPath)
         let neighbourhoods = samples.map { s in
             GridNeighbours(grids: s.grids, keep: policy.mask(grids: s.grids, kept: budget.plan(tokens: s.visionCount, headDim: d).keptKeys),
                            count: neighbours)
@@ -295,6 +296,18 @@ func appendMetrics(_ fields: [String: Any], to path: String) throws {
     handle.write(data + Data("\n".utf8))
 }
 
+/// Drops the metric lines of layers from `layer` on: a killed run logged them after its last checkpoint, and the
+/// resumed run logs them again.
+func dropMetrics(fromLayer layer: Int, path: String) throws {
+    guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return }
+    let kept = text.split(separator: "\n").filter { line in
+        guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+              let l = object["layer"] as? Int else { return false }
+        return l < layer
+    }
+    try AtomicFile.write(kept.map { $0 + "\n" }.joined(), to: path)
+}
+
 extension KeyResidualTraining {
     /// Writes the finished layers (float32, so a resumed run continues bit-identically) and their reports, atomically.
     static func saveCheckpoint(model: KeyResidualMLP, completed: Int, reports: [LayerReport], fingerprint: String,
@@ -303,7 +316,9 @@ extension KeyResidualTraining {
         try model.add(to: &writer, dtype: .f32)
         writer.metadata["key_mlp_completed_layers"] = String(completed)
         writer.metadata["key_mlp_fingerprint"] = fingerprint
-        writer.metadata["key_mlp_reports"] = String(decoding: try JSONEncoder().encode(reports), as: UTF8.self)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]   // the same run writes the same bytes (kill tests compare them)
+        writer.metadata["key_mlp_reports"] = String(decoding: try encoder.encode(reports), as: UTF8.self)
         try writer.write(to: path)
     }
 

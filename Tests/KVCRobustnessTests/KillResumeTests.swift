@@ -157,4 +157,24 @@ final class KillResumeTests: XCTestCase {
               + "files identical; capsule fit: \(capsule.run.kills) kills, "
               + "\(fitted) files identical")
     }
+
+    /// The trained key MLP of a capsule (`reconstructor: kind: mlp`), checkpointed per layer: killed after seeded
+    /// numbers of layers, it ends with the same adapter, MLP checkpoint and metrics as an uninterrupted run.
+    func testCapsuleMLPTrainingKilledAndResumedIsBitIdentical() throws {
+        try ChildProcess.requireAssets()
+        let caches = try TinyRuns.sharedCaches()
+        let layersDone = { (dir: String) in
+            ((try? String(contentsOfFile: dir + "/run/metrics.jsonl", encoding: .utf8)) ?? "")
+                .components(separatedBy: "\"event\":\"validation\"").count - 1
+        }
+        var layersAtKills: [Int] = []
+        let (ref, killed, run) = try killAndResume("kvc-train", tag: "mlp", seed: 13, attempts: 4, progress: layersDone, units: 30,
+                                                   arguments: { (try? TinyRuns.capsule(in: $0, caches: caches, mlp: true)) ?? [] }) {
+            layersAtKills.append(layersDone($0))
+        }
+        XCTAssertGreaterThanOrEqual(run.kills, 2, "too few kills landed while training ran")
+        let compared = try assertIdentical(ref, killed)
+        XCTAssertEqual(compared, 6)   // recipe, adapter, MLP checkpoint, metrics, report, recipe copy
+        print("capsule MLP kill test: \(run.kills) kills (layers done at the kills: \(layersAtKills)), \(compared) files identical")
+    }
 }

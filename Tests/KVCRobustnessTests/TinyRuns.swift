@@ -31,11 +31,13 @@ enum TinyRuns {
         return [dir + "/recipe.yaml", "--threads", "1"]
     }
 
-    /// Writes `dir/recipe.yaml` for a capsule fit of `caches` at r = 0.6 and returns kvc-train's arguments.
-    static func capsule(in dir: String, caches: String) throws -> [String] {
+    /// Writes `dir/recipe.yaml` for a capsule fit of `caches` at r = 0.6 (with `mlp`, a small trained key MLP on top
+    /// of the linear map) and returns kvc-train's arguments.
+    static func capsule(in dir: String, caches: String, mlp: Bool = false) throws -> [String] {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        try "kind: capsule\nseed: 1\ncaches: \(caches)\nrun_dir: \(dir)/run\nratio: 0.6\nkey_ratio: 0.5\nvalidation_every: 3\n"
-            .write(toFile: dir + "/recipe.yaml", atomically: true, encoding: .utf8)
+        let reconstructor = mlp ? "reconstructor:\n  kind: mlp\n  hidden: 8\n  epochs: 2\n  batch: 4\n" : ""
+        try ("kind: capsule\nseed: 1\ncaches: \(caches)\nrun_dir: \(dir)/run\nratio: 0.6\nkey_ratio: 0.5\nvalidation_every: 3\n"
+             + reconstructor).write(toFile: dir + "/recipe.yaml", atomically: true, encoding: .utf8)
         return [dir + "/recipe.yaml", "--model", ChildProcess.model, "--threads", "1"]
     }
 
