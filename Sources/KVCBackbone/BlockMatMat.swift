@@ -34,8 +34,19 @@ enum BlockMatMat {
         let perform: (Int) -> Void = { c in
             let lo = c * chunk, hi = min(w.rows, lo + chunk)
             guard lo < hi else { return }
-            for first in stride(from: 0, to: count, by: tile) {
-                rows(w, lo..<hi, x: x, blockSums: sums, vectors: first..<min(count, first + tile), y: y)
+            // Full tiles, and a last tile of three; one or two leftover vectors take the single-vector kernel (a
+            // tile kernel computes four products whatever it stores).
+            var first = 0
+            while first < count {
+                let n = min(tile, count - first)
+                if n >= 3 {
+                    rows(w, lo..<hi, x: x, blockSums: sums, vectors: first..<(first + n), y: y)
+                } else {
+                    for i in first..<(first + n) {
+                        BlockMatVec.rows(w, lo..<hi, x: x + i * w.cols, blockSums: sums + i * (w.cols / 32), y: y + i * w.rows)
+                    }
+                }
+                first += n
             }
         }
         if threads > 1 && chunks > 1 {

@@ -1,4 +1,7 @@
 import Dispatch
+#if arch(x86_64)
+import _Builtin_intrinsics.intel
+#endif
 import KVCBackbone
 import KVCCore
 
@@ -250,8 +253,8 @@ private struct FusedHeadWork {
                 for e in 0..<d { vision[r * d + e] = total * mean[e] }
             }
             if q > 0 {
-                factors.coefficients.dequantize(into: c)
-                factors.basis.dequantize(into: b)
+                factors.coefficients.widen(into: c)
+                factors.basis.widen(into: b)
                 BLAS.gemm(m: m, n: q, k: n, a: scratch.span, b: c, c: y)
                 BLAS.gemm(m: m, n: d, k: q, a: y, b: b, beta: 1, c: vision)
             }
@@ -327,7 +330,39 @@ struct HalfRows: FusedRows {
 struct Int8Rows: FusedRows {
     let base: UnsafePointer<Int8>
     @inline(__always) func load8(_ offset: Int) -> SIMD8<Float> {
+#if arch(x86_64)
+        // One sign-extending widen and one conversion (the generic SIMD conversions go lane by lane).
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(UnsafeRawPointer(base + offset).assumingMemoryBound(to: __m128i.self))))
+#else
         SIMD8<Float>(SIMD8<Int32>(truncatingIfNeeded: UnsafeRawPointer(base + offset).loadUnaligned(as: SIMD8<Int8>.self)))
+#endif
+    }
+}
+
+extension StoredMatrix {
+    /// The float32 matrix into `out` (`[rows, cols]`), in loops the compiler vectorizes (this runs every step for the
+    /// value factors).
+    func widen(into out: UnsafeMutablePointer<Float>) {
+        switch precision {
+        case .float16:
+            halves.withUnsafeBufferPointer { HalfConversion.halfToFloat($0.baseAddress!, out, count: rows * cols) }
+        case .int8:
+            let scale = UnsafeMutablePointer<Float>.allocate(capacity: max(scales.count, 1))
+            defer { scale.deallocate() }
+            scales.withUnsafeBufferPointer { HalfConversion.halfToFloat($0.baseAddress!, scale, count: scales.count) }
+            int8.withUnsafeBufferPointer { q in
+                let q = q.baseAddress!
+                for i in 0..<rows {
+                    let row = q + i * cols, o = out + i * cols
+                    if scalePerRow {
+                        let s = scale[i]
+                        for j in 0..<cols { o[j] = Float(row[j]) * s }
+                    } else {
+                        for j in 0..<cols { o[j] = Float(row[j]) * scale[j] }
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -77,14 +77,17 @@ final class FusedAttentionTests: XCTestCase {
         return cache
     }
 
-    /// Attention outputs of every layer, fused against dense, for each way of rebuilding keys and two budgets
-    /// (one and two query rows).
+    /// Attention outputs of every layer, fused against dense, for each way of rebuilding keys, two budgets and int8
+    /// storage (one and two query rows).
     func testFusedAttentionEqualsDenseRebuild() throws {
         let model = try realModel()
         let c = model.config
         let budget6 = CapsuleBudget(ratio: 0.6, keyRatio: 0.5), budget8 = CapsuleBudget(ratio: 0.8, keyRatio: 0.75)
+        let linear6 = KeyReconstruction.linear(try fittedReconstructor(model, budget: budget6))
+        let int8 = CapsuleBudget(ratio: 0.6, keyRatio: 0.75, keyPrecision: .int8, valuePrecision: .int8)
         let cases: [(String, KeyReconstruction, CapsuleBudget)] = [
-            ("linear r=0.6", .linear(try fittedReconstructor(model, budget: budget6)), budget6),
+            ("linear r=0.6", linear6, budget6),
+            ("linear r=0.6, int8 keys and values", linear6, int8),
             ("linear r=0.8", .linear(try fittedReconstructor(model, budget: budget8)), budget8),
             ("nearest", .nearest, budget6), ("evict", .evict, budget6),
         ]

@@ -31,6 +31,9 @@ struct CapsuleBench: ParsableCommand {
           *_cpu                      the same rates per CPU-second of the process: they hold up when other processes
                                      share the cores (use --threads 1 for them, where no thread spins waiting for work).
         Dense mode also keeps one layer of float32 scratch per sequence, not counted in kv_bytes or the budget.
+        An adapter with a trained MLP key residual is served by the dense rebuild only; its fused row
+        (capsule-fused-linear-keys) evaluates the linear keys without the residual: the same bytes and the same fused
+        work per step, not the same accuracy.
         """)
 
     @Option(help: "GGUF model file (default: the project's SmolLM2 asset).") var model: String?
@@ -122,8 +125,14 @@ struct CapsuleBench: ParsableCommand {
             for mode in modes.compactMap(CapsuleAttentionMode.init(rawValue:)) {
                 var s = settings
                 s.mode = mode
-                methods.append(("capsule-\(mode.rawValue)", settings.budget.ratio,
-                                { CapsuleCache(config: llama.config, rope: llama.rope, settings: s) }))
+                var name = "capsule-\(mode.rawValue)"
+                if mode == .fused && s.keyResidual != nil {
+                    // The fused path evaluates the linear keys only (with the residual the cache would fall back to
+                    // the dense rebuild): same work per step, without the MLP's accuracy gain.
+                    s.keyResidual = nil
+                    name += "-linear-keys"
+                }
+                methods.append((name, settings.budget.ratio, { CapsuleCache(config: llama.config, rope: llama.rope, settings: s) }))
             }
         }
         var rows: [Row] = []
