@@ -252,7 +252,25 @@ private struct FusedHeadWork {
                 for j in 0..<n { total += scratch.span[r * n + j] }
                 for e in 0..<d { vision[r * d + e] = total * mean[e] }
             }
-            if q > 0 {
+            if q > 0 && q % 8 == 0 && !factors.coefficients.scalePerRow && factors.basis.scalePerRow {
+                // Straight from the stored factors (ranks of whole SIMD chunks): y = P·C, the scales of C's columns
+                // and B's rows folded into y, then vision += y·B.
+                y.update(repeating: 0, count: m * q)
+                Self.withRows(factors.coefficients) {
+                    FusedKernels.project($0, count: n, width: q, probabilities: scratch.span, heads: m, into: y)
+                }
+                let sC = factors.coefficients.scales, sB = factors.basis.scales
+                if !sC.isEmpty || !sB.isEmpty {
+                    for k in 0..<q {
+                        let scale = (sC.isEmpty ? 1 : Float(Float16(bitPattern: sC[k])))
+                            * (sB.isEmpty ? 1 : Float(Float16(bitPattern: sB[k])))
+                        for r in 0..<m { y[r * q + k] *= scale }
+                    }
+                }
+                Self.withRows(factors.basis) {
+                    FusedKernels.accumulate($0, count: q, probabilities: y, stride: q, group: m, headDim: d, into: vision)
+                }
+            } else if q > 0 {
                 factors.coefficients.widen(into: c)
                 factors.basis.widen(into: b)
                 BLAS.gemm(m: m, n: q, k: n, a: scratch.span, b: c, c: y)
@@ -265,6 +283,19 @@ private struct FusedHeadWork {
         for i in 0..<rows {
             let out = output + i * rowStride + h * g * d
             for e in 0..<(g * d) { out[e] += vision[i * g * d + e] }
+        }
+    }
+
+    /// Calls `body` with the rows of `stored` in its element type (int8 rows without their scales).
+    @inline(__always)
+    private static func withRows(_ stored: StoredMatrix, _ body: (FusedStoredRows) -> Void) {
+        switch stored.precision {
+        case .float16:
+            stored.halves.withUnsafeBufferPointer { p in
+                UnsafeRawPointer(p.baseAddress!).withMemoryRebound(to: Float16.self, capacity: p.count) { body(.half(HalfRows(base: $0))) }
+            }
+        case .int8:
+            stored.int8.withUnsafeBufferPointer { body(.int8(Int8Rows(base: $0.baseAddress!))) }
         }
     }
 
@@ -366,8 +397,45 @@ extension StoredMatrix {
     }
 }
 
+/// Stored rows of either element type, for loops that take both.
+enum FusedStoredRows {
+    case half(HalfRows)
+    case int8(Int8Rows)
+}
+
 /// The inner loops of the fused path.
 enum FusedKernels {
+    /// `y[r][:] += Σ_j p[r * count + j] · row(j)` for rows of `width` (a multiple of 8) and `heads` probability rows.
+    static func project(_ rows: FusedStoredRows, count: Int, width: Int, probabilities p: UnsafePointer<Float>, heads: Int,
+                        into y: UnsafeMutablePointer<Float>) {
+        switch rows {
+        case .half(let r): project(r, count: count, width: width, probabilities: p, heads: heads, into: y)
+        case .int8(let r): project(r, count: count, width: width, probabilities: p, heads: heads, into: y)
+        }
+    }
+
+    @inline(__always)
+    static func project<Rows: FusedRows>(_ rows: Rows, count: Int, width: Int, probabilities p: UnsafePointer<Float>,
+                                         heads: Int, into y: UnsafeMutablePointer<Float>) {
+        for j in 0..<count {
+            for c in 0..<(width / 8) {
+                let v = rows.load8(j * width + 8 * c)
+                for r in 0..<heads {
+                    let o = UnsafeMutableRawPointer(y + r * width + 8 * c)
+                    o.storeBytes(of: o.loadUnaligned(as: SIMD8<Float>.self) + p[r * count + j] * v, as: SIMD8<Float>.self)
+                }
+            }
+        }
+    }
+
+    static func accumulate(_ rows: FusedStoredRows, count: Int, probabilities p: UnsafePointer<Float>, stride: Int,
+                           group: Int, headDim d: Int, into out: UnsafeMutablePointer<Float>) {
+        switch rows {
+        case .half(let r): accumulate(r, count: count, probabilities: p, stride: stride, group: group, headDim: d, into: out)
+        case .int8(let r): accumulate(r, count: count, probabilities: p, stride: stride, group: group, headDim: d, into: out)
+        }
+    }
+
     /// `scores[k * stride + j] = scale · Σ_m u[m][k] · row(neighbours[j * slots + m])` for j in 0..<count and query head
     /// k of the group (`neighbours == nil`: row j, one slot). `queries` is `[slots][group][headDim]`.
     @inline(__always)

@@ -88,13 +88,18 @@ final class FusedAttentionTests: XCTestCase {
         let cases: [(String, KeyReconstruction, CapsuleBudget)] = [
             ("linear r=0.6", linear6, budget6),
             ("linear r=0.6, int8 keys and values", linear6, int8),
+            // Value rank 16: the fused path reads the factors directly (whole SIMD chunks) instead of through BLAS.
+            ("linear, value rank 16", linear6, CapsuleBudget(ratio: 0.55, keyRatio: 0.5)),
             ("linear r=0.8", .linear(try fittedReconstructor(model, budget: budget8)), budget8),
             ("nearest", .nearest, budget6), ("evict", .evict, budget6),
         ]
         var rng = SeededRandom(seed: 7)
+        var ranks = Set<Int>()
+        defer { XCTAssertTrue(ranks.contains { $0 % 8 == 0 } && ranks.contains { $0 % 8 != 0 }, "value ranks \(ranks): both paths") }
         for (name, keys, budget) in cases {
             let fused = try compressedCache(model, keys: keys, budget: budget, mode: .fused)
             let dense = try compressedCache(model, keys: keys, budget: budget, mode: .dense)
+            ranks.insert(fused.capsule!.values[0][0].rank)
             for rows in [1, 2] {
                 let width = c.headCount * c.headDim
                 let queries = (0..<(rows * width)).map { _ in rng.nextNormal() * 2 }
