@@ -183,7 +183,7 @@ public struct CapsuleAblation {
         case .nearest: dropped = nb.nearestCopy(retainedKeys: retained, positions: positions, rope: rope)
         case .linear, .mlp:
             dropped = [Float](repeating: 0, count: nb.dropped.count * d)
-            retained.withUnsafeBufferPointer {
+            _ = retained.withUnsafeBufferPointer {
                 linear!.reconstruct(layer: layer, head: head, neighbours: nb, retainedKeys: $0.baseAddress!, positions: positions,
                                     into: &dropped)
             }

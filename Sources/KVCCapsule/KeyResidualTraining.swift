@@ -139,7 +139,7 @@ public struct KeyResidualTraining {
         let retained = StoredMatrix(nb.retained.flatMap { Array(keys[($0 * d)..<(($0 + 1) * d)]) }, rows: nb.retained.count,
                                     cols: d, precision: plan.keyPrecision).floats()
         var lin = [Float](repeating: 0, count: nb.dropped.count * d)
-        retained.withUnsafeBufferPointer {
+        _ = retained.withUnsafeBufferPointer {
             linear.reconstruct(layer: l, head: h, neighbours: nb, retainedKeys: $0.baseAddress!, positions: s.visionPositions, into: &lin)
         }
         let droppedPositions = nb.dropped.map { s.visionPositions[$0] }
@@ -289,7 +289,7 @@ enum NumericalCheck {
 /// One JSON object per line, appended (metrics of a resumed run continue the file).
 func appendMetrics(_ fields: [String: Any], to path: String) throws {
     let data = try JSONSerialization.data(withJSONObject: fields, options: [.sortedKeys])
-    if !FileManager.default.fileExists(atPath: path) { FileManager.default.createFile(atPath: path, contents: nil) }
+    if !FileManager.default.fileExists(atPath: path) { _ = FileManager.default.createFile(atPath: path, contents: nil) }
     guard let handle = FileHandle(forWritingAtPath: path) else { throw KVCError.file(path, "cannot append metrics") }
     defer { try? handle.close() }
     handle.seekToEndOfFile()

@@ -15,7 +15,9 @@ struct KVCTrain: ParsableCommand {
         The recipe's `kind` selects what is trained:
           front-end  the vision front end: stage 1 (encoder as a shape/colour classifier), stage 2 (projector aligned \
         through the frozen SmolLM2 decoder on easy-VQA). Example: recipes/frontend-easyvqa.yaml.
-          capsule    a KVCapsule adapter for one compression ratio, fitted on caches from kvc-collect. Examples:         recipes/capsule-r0.4.yaml, capsule-r0.6.yaml, capsule-r0.8.yaml.
+          capsule    a KVCapsule adapter for one compression ratio, on caches from kvc-collect: the linear key map in \
+        closed form, and with `reconstructor.kind: mlp` the key MLP trained layer by layer (checkpoint after each \
+        layer). Examples: recipes/capsule-r0.4.yaml, capsule-r0.6.yaml, capsule-r0.8.yaml.
         Unknown keys and out-of-range values are errors naming the key. Progress (steps/s, ETA) goes to stderr, \
         metrics to RUN_DIR/metrics.jsonl, checkpoints to RUN_DIR every `checkpoint_every` steps.
         """)
