@@ -257,7 +257,7 @@ private struct FusedHeadWork {
                 // and B's rows folded into y, then vision += y·B.
                 y.update(repeating: 0, count: m * q)
                 Self.withRows(factors.coefficients) {
-                    FusedKernels.project($0, count: n, width: q, probabilities: scratch.span, heads: m, into: y)
+                    FusedKernels.accumulate($0, count: n, probabilities: scratch.span, stride: n, group: m, headDim: q, into: y)
                 }
                 let sC = factors.coefficients.scales, sB = factors.basis.scales
                 if !sC.isEmpty || !sB.isEmpty {
@@ -405,29 +405,7 @@ enum FusedStoredRows {
 
 /// The inner loops of the fused path.
 enum FusedKernels {
-    /// `y[r][:] += Σ_j p[r * count + j] · row(j)` for rows of `width` (a multiple of 8) and `heads` probability rows.
-    static func project(_ rows: FusedStoredRows, count: Int, width: Int, probabilities p: UnsafePointer<Float>, heads: Int,
-                        into y: UnsafeMutablePointer<Float>) {
-        switch rows {
-        case .half(let r): project(r, count: count, width: width, probabilities: p, heads: heads, into: y)
-        case .int8(let r): project(r, count: count, width: width, probabilities: p, heads: heads, into: y)
-        }
-    }
-
-    @inline(__always)
-    static func project<Rows: FusedRows>(_ rows: Rows, count: Int, width: Int, probabilities p: UnsafePointer<Float>,
-                                         heads: Int, into y: UnsafeMutablePointer<Float>) {
-        for j in 0..<count {
-            for c in 0..<(width / 8) {
-                let v = rows.load8(j * width + 8 * c)
-                for r in 0..<heads {
-                    let o = UnsafeMutableRawPointer(y + r * width + 8 * c)
-                    o.storeBytes(of: o.loadUnaligned(as: SIMD8<Float>.self) + p[r * count + j] * v, as: SIMD8<Float>.self)
-                }
-            }
-        }
-    }
-
+    /// `accumulate` over rows of either stored element type.
     static func accumulate(_ rows: FusedStoredRows, count: Int, probabilities p: UnsafePointer<Float>, stride: Int,
                            group: Int, headDim d: Int, into out: UnsafeMutablePointer<Float>) {
         switch rows {
@@ -478,7 +456,8 @@ enum FusedKernels {
         }
     }
 
-    /// `out[k][:] += Σ_j p[k * stride + j] · row(j)` for the group's query heads.
+    /// `out[k][:] += Σ_j p[k * stride + j] · row(j)` for `group` probability rows (query heads, or rows of a product),
+    /// rows of `headDim` elements (a multiple of 8).
     @inline(__always)
     static func accumulate<Rows: FusedRows>(_ rows: Rows, count: Int, probabilities p: UnsafePointer<Float>, stride: Int,
                                             group: Int, headDim d: Int, into out: UnsafeMutablePointer<Float>) {
