@@ -46,6 +46,10 @@ struct KVCEval: ParsableCommand {
     var model: String?
     @Option(help: "easy-VQA directory (default: the project's asset).") var data: String?
     @Flag(help: "Blind baseline: the same model with the image tokens left out of the prompt.") var blind = false
+    @Flag(help: "Answer with the best of the data set's labels at the first answer step instead of free generation (with --blind: the meaningful blind baseline, since a free-running blind model answers in sentences).")
+    var constrained = false
+    @Option(name: .customLong("capsule-mode"), help: "With --adapter: fused (attention reads the capsule, the default) or dense (rebuild the span every step).")
+    var capsuleMode: String?
     @Option(help: "Decoder threads (default: all cores).") var threads: Int?
     @Flag(help: "No progress on stderr.") var quiet = false
     @Option(help: "A .kvcap capsule adapter: answer from the compressed cache (its vision span is compressed after prefill).")
@@ -69,6 +73,13 @@ struct KVCEval: ParsableCommand {
         if let images, images < 1 { throw ValidationError("--images must be >= 1") }
         if let ratio, !(0..<1).contains(ratio) { throw ValidationError("--ratio must be in [0, 1)") }
         if blind && (method != nil || images != nil) { throw ValidationError("--blind does not combine with --method / --images") }
+        if constrained && (method != nil || images != nil) {
+            throw ValidationError("--constrained does not combine with --method / --images")
+        }
+        if let capsuleMode, CapsuleAttentionMode(rawValue: capsuleMode) == nil {
+            throw ValidationError("--capsule-mode must be one of \(CapsuleAttentionMode.allCases.map(\.rawValue).joined(separator: ", ")), not '\(capsuleMode)'")
+        }
+        if capsuleMode != nil && adapter == nil { throw ValidationError("--capsule-mode needs --adapter") }
     }
 
     func run() throws {
@@ -87,6 +98,7 @@ struct KVCEval: ParsableCommand {
             var options = EasyVQAEvaluation.Options()
             options.limit = limit
             options.blind = blind
+            options.constrainedLabels = constrained ? dataset.answers : nil
             options.progress = !quiet
             options.frontEndPath = smolVLMDirectory ?? frontEnd
             var evaluation = EasyVQAEvaluation(model: vlm, options: options)
@@ -95,7 +107,8 @@ struct KVCEval: ParsableCommand {
                 let fingerprint = try smolVLMDirectory.map(SmolVLM.fingerprint(directory:))
                     ?? CacheCollector.fingerprint(modelPath: modelPath, frontEndPath: frontEnd).fingerprint
                 let config = vlm.backbone.model.config, rope = vlm.backbone.model.rope
-                let settings = try CapsuleAdapter.load(path: adapter, config: config, fingerprint: fingerprint).settings
+                var settings = try CapsuleAdapter.load(path: adapter, config: config, fingerprint: fingerprint).settings
+                if let capsuleMode { settings.mode = CapsuleAttentionMode(rawValue: capsuleMode)! }
                 evaluation.options.cacheName = "capsule"
                 evaluation.makeCache = { CapsuleCache(config: config, rope: rope, settings: settings) }
                 evaluation.afterPrefill = { cache, prefix in
