@@ -12,16 +12,20 @@ public struct HTMLReport {
         var charts: [(String, SVGChart)] = []
         for table in ComparisonTable.build(from: inputs.sweeps) {
             let records = table.rows.map(\.record)
-            let methods = orderedMethods(records)
+            // Compressed methods over their ratios; the full cache as a reference line across that range; the capsule
+            // drawn last (on top) and thicker.
+            let compressed = records.filter { $0.method != "full" }
+            let lo = compressed.map(\.ratio).min() ?? 0, hi = compressed.map(\.ratio).max() ?? 1
             var series: [SVGChart.Series] = []
-            let maxRatio = records.map(\.ratio).max() ?? 1
+            if let full = records.first(where: { $0.method == "full" }) {
+                series.append(.init(label: "full float16", points: [(lo, full.accuracy), (hi, full.accuracy)], dashed: true,
+                                    colour: "#555555"))
+            }
+            let methods = orderedMethods(compressed).filter { $0 != "capsule" } + (compressed.contains { $0.method == "capsule" } ? ["capsule"] : [])
             for method in methods {
-                let points = records.filter { $0.method == method }.map { (x: $0.ratio, y: $0.accuracy) }
-                if method == "full", let full = points.first {
-                    series.append(.init(label: "full float16", points: [(0, full.y), (maxRatio, full.y)], dashed: true))
-                } else {
-                    series.append(.init(label: method, points: points))
-                }
+                series.append(.init(label: method == "capsule" ? "KVCapsule" : method,
+                                    points: compressed.filter { $0.method == method }.map { (x: $0.ratio, y: $0.accuracy) },
+                                    emphasis: method == "capsule"))
             }
             charts.append(("accuracy-vs-ratio-k\(table.images)",
                            SVGChart(title: "Accuracy vs compression ratio (\(table.title))", xLabel: "compression ratio r (vision span)",
@@ -140,9 +144,4 @@ public struct HTMLReport {
         for k in keys where !seen.contains(where: { $0.method == k.0 && $0.ratio == k.1 }) { seen.append((k.0, k.1)) }
         return seen
     }
-}
-
-private func zip2<A, B>(_ a: A?, _ b: B?) -> (A, B)? {
-    guard let a, let b else { return nil }
-    return (a, b)
 }

@@ -38,24 +38,29 @@ public struct ComparisonTable {
             guard !rivals.isEmpty else { return nil }
             let better = rivals.filter { $0.accuracy >= capsule.accuracy }
             let r = SVGChart.format(ratio)
+            let bestAgreement = rivals.compactMap { rival in rival.agreement.map { (rival.method, $0) } }.max { $0.1 < $1.1 }
+            let agreementNote = zip2(capsule.agreement, bestAgreement).map { c, b in
+                "; agreement with the full cache's answers: KVCapsule \(pct(c)), best baseline \(b.0) \(pct(b.1))"
+            } ?? ""
             if better.isEmpty {
                 let best = rivals.max { $0.accuracy < $1.accuracy }!
                 return "r = \(r): KVCapsule (\(pct(capsule.accuracy))) beats every eviction baseline; the best, "
-                    + "\(best.method), reaches \(pct(best.accuracy))."
+                    + "\(best.method), reaches \(pct(best.accuracy))" + agreementNote + "."
             }
-            return "r = \(r): " + better.map { "\($0.method) (\(pct($0.accuracy)))" }.joined(separator: ", ")
-                + " matches or beats KVCapsule (\(pct(capsule.accuracy)))."
+            let names = better.map { "\($0.method) (\(pct($0.accuracy)))" }.joined(separator: ", ")
+            return "r = \(r): " + names + (better.count == 1 ? " matches or beats" : " match or beat")
+                + " KVCapsule (\(pct(capsule.accuracy))) in accuracy" + agreementNote + "."
         }
     }
 
-    static let columns = ["method", "r nominal", "r measured", "vision KV", "whole KV", "accuracy", "Δ vs full",
+    static let columns = ["method", "r nominal", "r measured", "vision KV ÷", "whole KV ÷", "accuracy", "Δ vs full",
                           "agreement", "top-1 agr.", "KL", "n"]
 
     func cells(_ row: Row) -> [String] {
         let r = row.record
         return [r.method, r.method == "full" ? "0" : SVGChart.format(r.ratio), r.ratioMeasured.map { String(format: "%.3f", $0) } ?? "",
-                r.visionReduction.map { String(format: "%.2fx less", $0) } ?? "",
-                r.cacheReduction.map { String(format: "%.2fx less", $0) } ?? "",
+                r.visionReduction.map { String(format: "%.2fx", $0) } ?? "",
+                r.cacheReduction.map { String(format: "%.2fx", $0) } ?? "",
                 pct(r.accuracy), row.deltaPoints.map { String(format: "%+.1f", $0) } ?? "",
                 r.agreement.map(pct) ?? "", r.top1Agreement.map(pct) ?? "", r.kl.map { String(format: "%.4f", $0) } ?? "",
                 String(r.n)]
@@ -81,3 +86,9 @@ public struct ComparisonTable {
 }
 
 func pct(_ v: Double) -> String { String(format: "%.1f%%", 100 * v) }
+
+/// Both values, when both are present.
+func zip2<A, B>(_ a: A?, _ b: B?) -> (A, B)? {
+    guard let a, let b else { return nil }
+    return (a, b)
+}

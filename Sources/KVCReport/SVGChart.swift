@@ -8,11 +8,18 @@ public struct SVGChart {
         public var label: String
         public var points: [(x: Double, y: Double)]
         public var dashed: Bool
+        /// A fixed colour (for a reference line); nil takes the next palette colour.
+        public var colour: String?
+        /// Drawn thicker (the method the report is about).
+        public var emphasis: Bool
 
-        public init(label: String, points: [(x: Double, y: Double)], dashed: Bool = false) {
+        public init(label: String, points: [(x: Double, y: Double)], dashed: Bool = false, colour: String? = nil,
+                    emphasis: Bool = false) {
             self.label = label
             self.points = points.sorted { $0.x < $1.x }
             self.dashed = dashed
+            self.colour = colour
+            self.emphasis = emphasis
         }
     }
 
@@ -35,7 +42,10 @@ public struct SVGChart {
     }
 
     /// Colour-blind-safe palette (Okabe-Ito), cycled.
-    static let palette = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442", "#999999"]
+    static let palette = ["#0072B2", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442", "#999999",
+                          "#8C564B", "#17BECF"]
+    /// The emphasised series' colour (not in the palette).
+    static let emphasisColour = "#D55E00"
 
     public func render() -> String {
         let left = 64.0, right = 170.0, top = 36.0, bottom = 52.0
@@ -71,12 +81,18 @@ public struct SVGChart {
         svg += "<rect x=\"\(f(left))\" y=\"\(f(top))\" width=\"\(f(plotW))\" height=\"\(f(plotH))\" fill=\"none\" stroke=\"#333\"/>\n"
         svg += "<text x=\"\(f(left + plotW / 2))\" y=\"\(f(height - 12))\" text-anchor=\"middle\">\(escapeXML(xLabel))</text>\n"
         svg += "<text transform=\"translate(16,\(f(top + plotH / 2))) rotate(-90)\" text-anchor=\"middle\">\(escapeXML(yLabel))</text>\n"
+        var next = 0
         for (i, s) in series.enumerated() {
-            let colour = Self.palette[i % Self.palette.count]
+            let colour: String
+            if let fixed = s.colour { colour = fixed } else if s.emphasis { colour = Self.emphasisColour } else {
+                colour = Self.palette[next % Self.palette.count]
+                next += 1
+            }
+            let strokeWidth = s.emphasis ? "3" : "2"
             let path = s.points.map { "\(f(px($0.x))),\(f(py($0.y)))" }.joined(separator: " ")
             let dash = s.dashed ? " stroke-dasharray=\"5,4\"" : ""
             if s.points.count > 1 {
-                svg += "<polyline points=\"\(path)\" fill=\"none\" stroke=\"\(colour)\" stroke-width=\"2\"\(dash)/>\n"
+                svg += "<polyline points=\"\(path)\" fill=\"none\" stroke=\"\(colour)\" stroke-width=\"\(strokeWidth)\"\(dash)/>\n"
             }
             if s.points.count <= 40 {
                 for p in s.points {
