@@ -52,7 +52,10 @@ public struct HTMLReport {
                 let label = byBudget && key.method != "full" ? "\(key.method) r=\(SVGChart.format(key.ratio))" : key.method
                 return points.isEmpty ? nil : SVGChart.Series(label: label, points: points)
             }
-            let regime = run.regime.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
+            // The title names the regime's headline settings; the page states the whole regime under the table.
+            let headline = ["images": "images", "budget_mb": "MB", "threads": "threads"]
+            let regime = run.regime.filter { headline[$0.key] != nil }.map { "\($0.value) \(headline[$0.key]!)" }
+                .joined(separator: ", ")
             charts.append(("tokens-per-second-\(i + 1)",
                            SVGChart(title: "Decode tokens/s under a fixed KV budget" + (regime.isEmpty ? "" : " (\(regime))"),
                                     xLabel: byBudget ? "KV budget (MB)" : "compression ratio r", yLabel: "tokens/s (all sequences)",
