@@ -8,20 +8,11 @@ import KVCCore
 /// The capsule cache on the real SmolLM2 decoder, with an 8x8 block of a text prompt standing in for image tokens
 /// (the cache only sees positions and vectors, so the plumbing is the same as for real image tokens).
 final class CapsuleCacheTests: XCTestCase {
-    nonisolated(unsafe) static var model: LlamaModel?
-
     private func realModel() throws -> LlamaModel {
-        if let m = Self.model { return m }
-        let root = ProcessInfo.processInfo.environment["KVC_ASSETS"].flatMap { $0.isEmpty ? nil : $0 }
-            ?? URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../assets").standardized.path
-        let path = root + "/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-        guard FileManager.default.fileExists(atPath: path) else {
-            XCTFail("model missing at \(path): run scripts/setup.sh")
-            throw KVCError("missing \(path)")
+        do { return try RealModel.shared() } catch {
+            XCTFail("\(error)")
+            throw error
         }
-        let m = try LlamaModel(path: path)
-        Self.model = m
-        return m
     }
 
     private let grid = [ImageGrid(start: 0, rows: 8, cols: 8)]

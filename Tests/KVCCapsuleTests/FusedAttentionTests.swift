@@ -8,20 +8,11 @@ import KVCCore
 /// The fused attention path against the dense rebuild of the same capsule, on the real SmolLM2 decoder with two
 /// smooth 8x8 "images" (embeddings varying smoothly over each grid) between text tokens.
 final class FusedAttentionTests: XCTestCase {
-    nonisolated(unsafe) static var model: LlamaModel?
-
     private func realModel() throws -> LlamaModel {
-        if let m = Self.model { return m }
-        let root = ProcessInfo.processInfo.environment["KVC_ASSETS"].flatMap { $0.isEmpty ? nil : $0 }
-            ?? URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../assets").standardized.path
-        let path = root + "/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-        guard FileManager.default.fileExists(atPath: path) else {
-            XCTFail("model missing at \(path): run scripts/setup.sh")
-            throw KVCError("missing \(path)")
+        do { return try RealModel.shared() } catch {
+            XCTFail("\(error)")
+            throw error
         }
-        let m = try LlamaModel(path: path)
-        Self.model = m
-        return m
     }
 
     /// Prompt: 3 tokens, image A (positions 3..<67), 4 tokens, image B (71..<135), 6 tokens.
