@@ -57,7 +57,7 @@ public struct HTMLReport {
             let regime = run.regime.filter { headline[$0.key] != nil }.map { "\($0.value) \(headline[$0.key]!)" }
                 .joined(separator: ", ")
             charts.append(("tokens-per-second-\(i + 1)",
-                           SVGChart(title: "Decode tokens/s under a fixed KV budget" + (regime.isEmpty ? "" : " (\(regime))"),
+                           SVGChart(title: "Tokens/s under a KV budget" + (regime.isEmpty ? "" : " (\(regime))"),
                                     xLabel: byBudget ? "KV budget (MB)" : "compression ratio r", yLabel: "tokens/s (all sequences)",
                                     series: series)))
         }
