@@ -1,4 +1,3 @@
-import Dispatch
 import KVCCore
 
 extension LlamaModel {
@@ -92,12 +91,8 @@ private final class BatchRouter: FusedAttentionCache {
                                      firstPosition: self.positions[i], headCount: headCount,
                                      output: output + i * rowStride, threads: 1)
         }
-        let workers = min(threads, count)
-        if workers > 1 {
-            DispatchQueue.concurrentPerform(iterations: count, execute: perform)
-        } else {
-            for i in 0..<count { perform(i) }
-        }
+        // One sequence per chunk on the decode pool (the pool runs them in the caller alone for one thread).
+        DecodeThreadPool.shared(threads: min(threads, count)).run(chunks: count, perform)
         return true
     }
 }

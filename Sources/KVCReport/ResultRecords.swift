@@ -48,15 +48,10 @@ public struct BenchRow: Sendable, Equatable {
 }
 
 /// A benchmark run: its rows and the regime it states (images, context, budget, threads ...), kept as text.
-public struct BenchRun: Sendable, Equatable {
+public struct BenchRun: Sendable {
     public var source: String
     public var regime: [(key: String, value: String)]
     public var rows: [BenchRow]
-
-    public static func == (a: BenchRun, b: BenchRun) -> Bool {
-        a.source == b.source && a.rows == b.rows && a.regime.map(\.key) == b.regime.map(\.key)
-            && a.regime.map(\.value) == b.regime.map(\.value)
-    }
 }
 
 /// A training run's metrics over steps (`metrics.jsonl` of kvc-train): the loss, and the validation loss when logged.

@@ -122,7 +122,7 @@ public struct CacheFidelityEvaluation {
                 meter.advance(status: String(format: "accuracy %.3f", Double(correct) / Double(meter.done + 1)))
             }
         }
-        run.seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+        run.seconds = elapsed(start)
         return run
     }
 

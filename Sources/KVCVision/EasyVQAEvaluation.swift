@@ -116,7 +116,7 @@ public struct EasyVQAEvaluation {
             let images = ids.map { split.images.image(row: split.images.row(of: $0)!) }
             let t0 = DispatchTime.now()
             let embeddings = options.blind ? ids.map { _ in [Float]() } : model.frontEnd.embed(images)
-            frontEndSeconds += Double(DispatchTime.now().uptimeNanoseconds - t0.uptimeNanoseconds) / 1e9
+            frontEndSeconds += elapsed(t0)
             for (id, embedding) in zip(ids, embeddings) {
                 let prefilled = try model.prefill(imageEmbeddings: embedding.isEmpty ? [] : [embedding],
                                                   cache: makeCache(), afterPrefill: afterPrefill)
@@ -127,7 +127,7 @@ public struct EasyVQAEvaluation {
                     if let scorer {
                         let t = DispatchTime.now()
                         text = scorer.choose(logits: try model.firstAnswerLogits(question: q.text, after: prefilled))
-                        questionSeconds += Double(DispatchTime.now().uptimeNanoseconds - t.uptimeNanoseconds) / 1e9
+                        questionSeconds += elapsed(t)
                     } else {
                         let answer = try model.answer(question: q.text, after: prefilled)
                         text = answer.text
@@ -150,7 +150,7 @@ public struct EasyVQAEvaluation {
                 }
             }
         }
-        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+        let seconds = elapsed(start)
         let n = questions.count
         var summary = Summary(split: split.split.rawValue, n: n, accuracy: n > 0 ? Double(correct) / Double(n) : 0,
                               cache: options.cacheName, blind: options.blind,

@@ -218,6 +218,7 @@ public enum AnswerText {
     }
 }
 
-fileprivate func elapsed(_ a: DispatchTime, _ b: DispatchTime) -> Double {
+/// Seconds from `a` to `b`.
+func elapsed(_ a: DispatchTime, _ b: DispatchTime = DispatchTime.now()) -> Double {
     Double(b.uptimeNanoseconds - a.uptimeNanoseconds) / 1e9
 }
