@@ -34,19 +34,11 @@ enum BlockMatMat {
         let perform: (Int) -> Void = { c in
             let lo = c * chunk, hi = min(w.rows, lo + chunk)
             guard lo < hi else { return }
-            // Full tiles, and a last tile of three; one or two leftover vectors take the single-vector kernel (a
-            // tile kernel computes four products whatever it stores).
-            var first = 0
-            while first < count {
-                let n = min(tile, count - first)
-                if n >= 3 {
-                    rows(w, lo..<hi, x: x, blockSums: sums, vectors: first..<(first + n), y: y)
-                } else {
-                    for i in first..<(first + n) {
-                        BlockMatVec.rows(w, lo..<hi, x: x + i * w.cols, blockSums: sums + i * (w.cols / 32), y: y + i * w.rows)
-                    }
-                }
-                first += n
+            // As few passes over the chunk as tiles of four allow, the vectors spread evenly over them (9 = 3+3+3,
+            // not 4+4+1: a lone vector leaves its pass latency-bound on one accumulator chain).
+            let passes = (count + tile - 1) / tile
+            for pass in 0..<passes {
+                rows(w, lo..<hi, x: x, blockSums: sums, vectors: (pass * count / passes)..<((pass + 1) * count / passes), y: y)
             }
         }
         if threads > 1 && chunks > 1 {
@@ -65,14 +57,12 @@ enum BlockMatMat {
             guard lo < hi else { continue }
             let first = UnsafeRawPointer(segment.data) + (lo - segment.rows.lowerBound) * segment.rowBytes
 #if arch(x86_64)
-            // Unused slots of a partial tile repeat its first vector; their results are not stored.
-            let v = (0..<tile).map { vectors.lowerBound + min($0, vectors.count - 1) }
-            let tileVectors = TileVectors(x: v.map { x + $0 * cols }, sums: v.map { blockSums + $0 * blocks },
-                                          y: v.map { y + $0 * w.rows + lo }, active: vectors.count)
+            let t = Tile(vectors: vectors, x: x, cols: cols, blockSums: blockSums, y: y + lo, rows: w.rows)
+            let n = hi - lo, stride = segment.rowBytes
             switch segment.format {
-            case .q4_1: q4(first, rows: hi - lo, rowBytes: segment.rowBytes, cols: cols, tile: tileVectors, hasMin: true); continue
-            case .q4_0: q4(first, rows: hi - lo, rowBytes: segment.rowBytes, cols: cols, tile: tileVectors, hasMin: false); continue
-            case .q8_0: q8_0(first, rows: hi - lo, rowBytes: segment.rowBytes, cols: cols, tile: tileVectors); continue
+            case .q4_1: t.dispatch { q4(first, rows: n, rowBytes: stride, blocks: blocks, tile: t, active: $0, hasMin: true) }; continue
+            case .q4_0: t.dispatch { q4(first, rows: n, rowBytes: stride, blocks: blocks, tile: t, active: $0, hasMin: false) }; continue
+            case .q8_0: t.dispatch { q8_0(first, rows: n, rowBytes: stride, blocks: blocks, tile: t, active: $0) }; continue
             case .f16, .f32: break
             }
 #endif
@@ -84,11 +74,45 @@ enum BlockMatMat {
     }
 
 #if arch(x86_64)
-    private struct TileVectors {
-        let x: [UnsafePointer<Float>]
-        let sums: [UnsafePointer<Float>]
-        let y: [UnsafeMutablePointer<Float>]
-        let active: Int
+    /// The vectors of one tile: inputs, block sums and output rows (already offset to the chunk's first row). Slots
+    /// past `count` repeat the first vector and are never computed.
+    private struct Tile {
+        let count: Int
+        let x0, x1, x2, x3: UnsafePointer<Float>
+        let s0, s1, s2, s3: UnsafePointer<Float>
+        let y0, y1, y2, y3: UnsafeMutablePointer<Float>
+
+        init(vectors: Range<Int>, x: UnsafePointer<Float>, cols: Int, blockSums: UnsafePointer<Float>,
+             y: UnsafeMutablePointer<Float>, rows: Int) {
+            precondition(!vectors.isEmpty && vectors.count <= BlockMatMat.tile, "BlockMatMat: a tile holds 1...4 vectors")
+            count = vectors.count
+            let v0 = vectors.lowerBound, last = vectors.upperBound - 1
+            let v1 = min(v0 + 1, last), v2 = min(v0 + 2, last), v3 = min(v0 + 3, last)
+            let blocks = cols / 32
+            (x0, x1, x2, x3) = (x + v0 * cols, x + v1 * cols, x + v2 * cols, x + v3 * cols)
+            (s0, s1, s2, s3) = (blockSums + v0 * blocks, blockSums + v1 * blocks, blockSums + v2 * blocks, blockSums + v3 * blocks)
+            (y0, y1, y2, y3) = (y + v0 * rows, y + v1 * rows, y + v2 * rows, y + v3 * rows)
+        }
+
+        /// Calls `kernel` with the tile's vector count as a literal, so each inlined copy keeps only the accumulators
+        /// it uses (a tile of two does half the work of a tile of four, from the same widened blocks).
+        @inline(__always)
+        func dispatch(_ kernel: (Int) -> Void) {
+            switch count {
+            case 1: kernel(1)
+            case 2: kernel(2)
+            case 3: kernel(3)
+            default: kernel(4)
+            }
+        }
+
+        @inline(__always)
+        func store(_ r: Int, _ active: Int, _ v0: Float, _ v1: Float, _ v2: Float, _ v3: Float) {
+            y0[r] = v0
+            if active > 1 { y1[r] = v1 }
+            if active > 2 { y2[r] = v2 }
+            if active > 3 { y3[r] = v3 }
+        }
     }
 
     @inline(__always)
@@ -105,13 +129,12 @@ enum BlockMatMat {
         return _mm256_fmadd_ps(q3, _mm256_loadu_ps(xb + 24), s)
     }
 
-    /// `BlockMatVec.q4` for four vectors: the block is widened once, then each vector takes its four multiply-adds.
-    private static func q4(_ w: UnsafeRawPointer, rows: Int, rowBytes: Int, cols: Int, tile: TileVectors, hasMin: Bool) {
-        let blocks = cols / 32
+    /// `BlockMatVec.q4` for the `active` (1...4) vectors of a tile: the block is widened once, then each vector takes
+    /// its four multiply-adds. `active` is a literal at every call (`Tile.dispatch`), so unused accumulators vanish.
+    @inline(__always)
+    private static func q4(_ w: UnsafeRawPointer, rows: Int, rowBytes: Int, blocks: Int, tile t: Tile, active: Int, hasMin: Bool) {
         let blockBytes = hasMin ? 20 : 18
         let nibble = _mm_set1_epi8(0x0F)
-        let x0 = tile.x[0], x1 = tile.x[1], x2 = tile.x[2], x3 = tile.x[3]
-        let s0 = tile.sums[0], s1 = tile.sums[1], s2 = tile.sums[2], s3 = tile.sums[3]
         for r in 0..<rows {
             var p = w + r * rowBytes
             var a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps()
@@ -127,21 +150,29 @@ enum BlockMatMat {
                 let q2 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(high))
                 let q3 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(high, high)))
                 let dv = _mm256_set1_ps(d)
-                a0 = _mm256_fmadd_ps(dv, dot(q0, q1, q2, q3, x0 + b * 32), a0)
-                a1 = _mm256_fmadd_ps(dv, dot(q0, q1, q2, q3, x1 + b * 32), a1)
-                a2 = _mm256_fmadd_ps(dv, dot(q0, q1, q2, q3, x2 + b * 32), a2)
-                a3 = _mm256_fmadd_ps(dv, dot(q0, q1, q2, q3, x3 + b * 32), a3)
-                o0 += m * s0[b]; o1 += m * s1[b]; o2 += m * s2[b]; o3 += m * s3[b]
+                a0 = _mm256_fmadd_ps(dv, dot(q0, q1, q2, q3, t.x0 + b * 32), a0)
+                o0 += m * t.s0[b]
+                if active > 1 {
+                    a1 = _mm256_fmadd_ps(dv, dot(q0, q1, q2, q3, t.x1 + b * 32), a1)
+                    o1 += m * t.s1[b]
+                }
+                if active > 2 {
+                    a2 = _mm256_fmadd_ps(dv, dot(q0, q1, q2, q3, t.x2 + b * 32), a2)
+                    o2 += m * t.s2[b]
+                }
+                if active > 3 {
+                    a3 = _mm256_fmadd_ps(dv, dot(q0, q1, q2, q3, t.x3 + b * 32), a3)
+                    o3 += m * t.s3[b]
+                }
                 p += blockBytes
             }
-            store(r, tile, a0.sum() + o0, a1.sum() + o1, a2.sum() + o2, a3.sum() + o3)
+            t.store(r, active, a0.sum() + o0, a1.sum() + o1, a2.sum() + o2, a3.sum() + o3)
         }
     }
 
-    /// `BlockMatVec.q8_0` for four vectors.
-    private static func q8_0(_ w: UnsafeRawPointer, rows: Int, rowBytes: Int, cols: Int, tile: TileVectors) {
-        let blocks = cols / 32
-        let x0 = tile.x[0], x1 = tile.x[1], x2 = tile.x[2], x3 = tile.x[3]
+    /// `BlockMatVec.q8_0` for the `active` vectors of a tile.
+    @inline(__always)
+    private static func q8_0(_ w: UnsafeRawPointer, rows: Int, rowBytes: Int, blocks: Int, tile t: Tile, active: Int) {
         for r in 0..<rows {
             var p = w + r * rowBytes
             var a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps()
@@ -154,22 +185,14 @@ enum BlockMatMat {
                 let q2 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi))
                 let q3 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(hi, hi)))
                 let dv = _mm256_set1_ps(d)
-                a0 = _mm256_fmadd_ps(dv, dot(q0, q1, q2, q3, x0 + b * 32), a0)
-                a1 = _mm256_fmadd_ps(dv, dot(q0, q1, q2, q3, x1 + b * 32), a1)
-                a2 = _mm256_fmadd_ps(dv, dot(q0, q1, q2, q3, x2 + b * 32), a2)
-                a3 = _mm256_fmadd_ps(dv, dot(q0, q1, q2, q3, x3 + b * 32), a3)
+                a0 = _mm256_fmadd_ps(dv, dot(q0, q1, q2, q3, t.x0 + b * 32), a0)
+                if active > 1 { a1 = _mm256_fmadd_ps(dv, dot(q0, q1, q2, q3, t.x1 + b * 32), a1) }
+                if active > 2 { a2 = _mm256_fmadd_ps(dv, dot(q0, q1, q2, q3, t.x2 + b * 32), a2) }
+                if active > 3 { a3 = _mm256_fmadd_ps(dv, dot(q0, q1, q2, q3, t.x3 + b * 32), a3) }
                 p += 34
             }
-            store(r, tile, a0.sum(), a1.sum(), a2.sum(), a3.sum())
+            t.store(r, active, a0.sum(), a1.sum(), a2.sum(), a3.sum())
         }
-    }
-
-    @inline(__always)
-    private static func store(_ r: Int, _ tile: TileVectors, _ v0: Float, _ v1: Float, _ v2: Float, _ v3: Float) {
-        tile.y[0][r] = v0
-        if tile.active > 1 { tile.y[1][r] = v1 }
-        if tile.active > 2 { tile.y[2][r] = v2 }
-        if tile.active > 3 { tile.y[3][r] = v3 }
     }
 #endif
 }

@@ -28,6 +28,9 @@ struct DecodeBench: ParsableCommand {
     var decodeContext = 1
     @Option(parsing: .upToNextOption, help: "Thread counts to measure.") var threads: [Int] = [1, 2]
     @Option(help: "Timed repetitions (the best is reported, after one warm-up).") var repeats = 3
+    @Option(parsing: .upToNextOption,
+            help: "Batch sizes: instead of prefill and single-stream decode, measure batched decode (each sequence with its own --decode-context-token prompt, one token each per step, LlamaModel.decodeStep), e.g. --batch 1 2 3 4 8 9 16.")
+    var batch: [Int] = []
     @Flag(help: "Print JSON instead of a table.") var json = false
 
     struct Row: Codable {
@@ -65,6 +68,7 @@ struct DecodeBench: ParsableCommand {
         }
         if threads.isEmpty || threads.contains(where: { $0 < 1 }) { throw ValidationError("--threads must be >= 1") }
         if repeats < 1 { throw ValidationError("--repeats must be >= 1") }
+        if batch.contains(where: { $0 < 1 || $0 > 256 }) { throw ValidationError("--batch sizes must be in 1...256") }
     }
 
     func run() throws {
@@ -77,6 +81,7 @@ struct DecodeBench: ParsableCommand {
         let prompt = (0..<max(promptTokens.max() ?? 1, decodeContext)).map { _ in 1000 + rng.nextInt(below: 20_000) }
         let decodePrompt = Array(prompt.prefix(decodeContext))
 
+        if !batch.isEmpty { return try runBatched(llama, loadAverage: loadAverage) }
         var rows: [Row] = []
         for n in threads {
             BLAS.threads = n
@@ -97,10 +102,7 @@ struct DecodeBench: ParsableCommand {
         let report = Report(decodeContext: decodeContext, loadSeconds: loadSeconds, decodeWeightBytes: llama.decodeWeightBytes, loadAverage: loadAverage,
                             cores: ProcessInfo.processInfo.activeProcessorCount, rows: rows)
         if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys]
-            encoder.keyEncodingStrategy = .convertToSnakeCase
-            print(String(decoding: try encoder.encode(report), as: UTF8.self))
+            try printJSON(report)
             return
         }
         print(String(format: "SmolLM2-135M Q4_1, %@; model load %.2f s; decode reads %.1f MB of weights per token; "
@@ -119,6 +121,45 @@ struct DecodeBench: ParsableCommand {
                            row.decodeTokensPerCPUSecond, row.decodeWeightGBPerSecond,
                            row.llamaCppPrefill, row.llamaCppDecode))
         }
+    }
+
+    struct BatchedReport: Codable {
+        var bench = "decode-batched"
+        var regime = "sequences decoded together, one token each per step, float16 KV caches"
+        var decodeContext: Int
+        var decodeTokens: Int
+        var loadAverage: Double
+        var loadAverageEnd: Double
+        var cores: Int
+        var rows: [BatchedDecodeBench.Row]
+    }
+
+    private func runBatched(_ llama: LlamaModel, loadAverage: Double) throws {
+        let bench = BatchedDecodeBench(model: llama, context: decodeContext, decodeTokens: decodeTokens, repeats: repeats)
+        var rows: [BatchedDecodeBench.Row] = []
+        for n in threads {
+            BLAS.threads = n
+            llama.threads = n
+            rows += try bench.measure(batches: batch)
+        }
+        let report = BatchedReport(decodeContext: decodeContext, decodeTokens: decodeTokens, loadAverage: loadAverage,
+                                   loadAverageEnd: Self.loadAverage(), cores: ProcessInfo.processInfo.activeProcessorCount,
+                                   rows: rows)
+        if json {
+            try printJSON(report)
+            return
+        }
+        print(String(format: "SmolLM2-135M Q4_1, %@; %d tokens in each cache, %d timed steps, best of %d; load average %.2f "
+                     + "at start, %.2f at the end, %d cores", report.regime, decodeContext, decodeTokens, repeats, loadAverage,
+                     report.loadAverageEnd, report.cores))
+        BatchedDecodeBench.printTable(rows)
+    }
+
+    private func printJSON<T: Encodable>(_ report: T) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        print(String(decoding: try encoder.encode(report), as: UTF8.self))
     }
 
     /// Best wall-clock seconds of `repeats` runs after one warm-up.
