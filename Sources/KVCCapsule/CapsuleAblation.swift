@@ -125,6 +125,10 @@ public struct CapsuleAblation {
     private func measure(_ held: [CacheSample], layout: CacheLayout, keys keyMode: KeyMode, values valueMode: ValueMode,
                          budget: CapsuleBudget, linear: LinearKeyReconstructor?) throws -> (output: Double, kl: Double, perLayer: [Double]) {
         let d = layout.headDim, group = layout.queryHeads / layout.kvHeads
+        guard settings.policy != .scored, settings.layers == nil else {
+            throw KVCError("the ablation measures one structured retention policy and one budget for every layer; "
+                           + "this adapter has per-layer settings or scored retention (measure it with kvc-eval --method capsule)")
+        }
         let rope = RotaryEmbedding(headDim: d, base: ropeBase)
         var err = [Double](repeating: 0, count: layout.layers), norm = err, klSum = 0.0, rowsSeen = 0
         for s in held {

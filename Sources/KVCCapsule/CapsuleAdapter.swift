@@ -10,7 +10,15 @@ import KVCCore
 /// (fingerprint, layers, KV heads, head dim, RoPE base), the budget, the retention policy, the configurations' offsets,
 /// and the recipe text. With a key MLP (`keys: "linear+mlp"`, header `mlp_hidden`), also `mlp.scales` (F32 `[layers]`,
 /// 0 = no MLP in that layer) and `mlp.<layer>.{w1,b1,w2,b2}` (F16).
+///
+/// An adapter with per-layer settings or scored retention has the header kind `kvcapsule-adapter-2` and a
+/// `layer_settings` list (one entry per layer: ratio, key ratio, dtypes, policy, reconstructor kind): a reader that
+/// predates them refuses the kind instead of building a cache with the wrong budgets or without scores. Every other
+/// adapter is written exactly as before, so older files (the shipped ones) and older readers keep working.
 public struct CapsuleAdapter {
+    public static let kind = "kvcapsule-adapter"
+    public static let perLayerKind = "kvcapsule-adapter-2"
+
     public var fingerprint: String
     public var layers: Int
     public var kvHeads: Int
@@ -30,8 +38,20 @@ public struct CapsuleAdapter {
         self.recipe = recipe
     }
 
+    private struct LayerEntry: Codable {
+        var ratio: Double
+        var keyRatio: Double
+        var keyDtype: StoragePrecision
+        var valueDtype: StoragePrecision
+        var policy: String
+        var reconstructor: String
+        enum CodingKeys: String, CodingKey {
+            case ratio, keyRatio = "key_ratio", keyDtype = "key_dtype", valueDtype = "value_dtype", policy, reconstructor
+        }
+    }
+
     private struct Header: Codable {
-        var kind = "kvcapsule-adapter"
+        var kind = CapsuleAdapter.kind
         var fingerprint: String
         var layers: Int
         var kvHeads: Int
@@ -49,10 +69,12 @@ public struct CapsuleAdapter {
         var mlpHidden: Int?
         var configurations: [[GridNeighbours.Offset]]
         var recipe: String
+        /// Per-layer settings (kind `kvcapsule-adapter-2` only).
+        var layerSettings: [LayerEntry]?
         enum CodingKeys: String, CodingKey {
             case kind, fingerprint, layers, kvHeads = "kv_heads", headDim = "head_dim", ropeBase = "rope_base", ratio
             case keyRatio = "key_ratio", policy, neighbours, keys, configurations, recipe
-            case keyDtype = "key_dtype", valueDtype = "value_dtype", mlpHidden = "mlp_hidden"
+            case keyDtype = "key_dtype", valueDtype = "value_dtype", mlpHidden = "mlp_hidden", layerSettings = "layer_settings"
         }
     }
 
@@ -92,10 +114,18 @@ public struct CapsuleAdapter {
             try mlp.add(to: &writer, dtype: .f16)
             keysName = "linear+mlp"
         }
-        let header = Header(fingerprint: fingerprint, layers: layers, kvHeads: kvHeads, headDim: headDim, ropeBase: ropeBase,
+        var header = Header(fingerprint: fingerprint, layers: layers, kvHeads: kvHeads, headDim: headDim, ropeBase: ropeBase,
                             ratio: settings.budget.ratio, keyRatio: settings.budget.keyRatio, policy: settings.policy.rawValue,
                             neighbours: settings.neighbours, keys: keysName, keyDtype: settings.budget.keyPrecision,
                             valueDtype: settings.budget.valuePrecision, mlpHidden: settings.keyResidual?.hidden, configurations: configurations, recipe: recipe)
+        if settings.layers != nil || settings.isQuestionAware {
+            header.kind = Self.perLayerKind
+            header.layerSettings = (0..<layers).map { l in
+                let s = settings.layer(l)
+                return LayerEntry(ratio: s.budget.ratio, keyRatio: s.budget.keyRatio, keyDtype: s.budget.keyPrecision,
+                                  valueDtype: s.budget.valuePrecision, policy: s.policy.rawValue, reconstructor: s.reconstructor.rawValue)
+            }
+        }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         writer.metadata["kvcapsule"] = String(decoding: try encoder.encode(header), as: UTF8.self)
@@ -114,7 +144,7 @@ public struct CapsuleAdapter {
 
     private static func decode(_ file: SafetensorsFile, path: String, config: LlamaConfig?, fingerprint: String?) throws -> CapsuleAdapter {
         guard let json = file.metadata["kvcapsule"],
-              let h = try? JSONDecoder().decode(Header.self, from: Data(json.utf8)), h.kind == "kvcapsule-adapter" else {
+              let h = try? JSONDecoder().decode(Header.self, from: Data(json.utf8)), [kind, perLayerKind].contains(h.kind) else {
             throw KVCError.file(path, "payload metadata 'kvcapsule' is missing or not an adapter header")
         }
         if let config {
@@ -133,6 +163,19 @@ public struct CapsuleAdapter {
         guard (0...1).contains(h.ratio), (0...1).contains(h.keyRatio), (0...1).contains(2 * h.ratio - h.keyRatio),
               (1...16).contains(h.neighbours), h.headDim > 0, h.headDim % 2 == 0, h.layers > 0, h.kvHeads > 0 else {
             throw KVCError.file(path, "adapter header values out of range: \(json)")
+        }
+        let layerSettings = try h.layerSettings.map { entries -> [CapsuleLayerSettings] in
+            guard entries.count == h.layers else {
+                throw KVCError.file(path, "'layer_settings' has \(entries.count) entries for \(h.layers) layers")
+            }
+            return try entries.enumerated().map { l, e in
+                guard (0...1).contains(e.ratio), (0...1).contains(e.keyRatio), (0...1).contains(2 * e.ratio - e.keyRatio),
+                      let policy = RetentionPolicy(rawValue: e.policy), let kind = KeyReconstructorKind(rawValue: e.reconstructor) else {
+                    throw KVCError.file(path, "layer_settings[\(l)] is out of range or names an unknown policy or reconstructor")
+                }
+                return CapsuleLayerSettings(budget: CapsuleBudget(ratio: e.ratio, keyRatio: e.keyRatio, keyPrecision: e.keyDtype,
+                                                                  valuePrecision: e.valueDtype), policy: policy, reconstructor: kind)
+            }
         }
         let rope = RotaryEmbedding(headDim: h.headDim, base: h.ropeBase)
         let keys: KeyReconstruction
@@ -175,7 +218,8 @@ public struct CapsuleAdapter {
                               settings: CapsuleSettings(budget: CapsuleBudget(ratio: h.ratio, keyRatio: h.keyRatio,
                                                                               keyPrecision: h.keyDtype ?? .float16,
                                                                               valuePrecision: h.valueDtype ?? .float16), policy: policy,
-                                                        neighbours: h.neighbours, keys: keys, keyResidual: residual),
+                                                        neighbours: h.neighbours, keys: keys, keyResidual: residual,
+                                                        layers: layerSettings),
                               recipe: h.recipe)
     }
 }

@@ -21,8 +21,9 @@ public struct CapsuleBudget: Equatable, Codable, Sendable {
 
     public var valueRatio: Double { 2 * ratio - keyRatio }
 
-    /// The sizes for one span of `tokens` vectors of `headDim`.
-    public func plan(tokens n: Int, headDim d: Int) -> SpanPlan {
+    /// The sizes for one span of `tokens` vectors of `headDim`. `maskBytes` (a score-based policy's keep mask) come out
+    /// of the keys' share, so the span's total stays within the ratio.
+    public func plan(tokens n: Int, headDim d: Int, maskBytes: Int = 0) -> SpanPlan {
         let total = (1 - ratio) * Double(4 * n * d)   // bytes the whole span (keys and values) may keep
         func keys(bytes: Double) -> Int {
             let k: Int
@@ -32,21 +33,23 @@ public struct CapsuleBudget: Equatable, Codable, Sendable {
             }
             return min(n, max(1, k))
         }
-        let keyBudget = (1 - keyRatio) * Double(2 * n * d)
+        let keyBudget = (1 - keyRatio) * Double(2 * n * d) - Double(maskBytes)
         var kept = keys(bytes: keyBudget)
         func plan(_ rank: Int?) -> SpanPlan {
-            SpanPlan(tokens: n, headDim: d, keptKeys: kept, valueRank: rank, keyPrecision: keyPrecision, valuePrecision: valuePrecision)
+            SpanPlan(tokens: n, headDim: d, keptKeys: kept, valueRank: rank, keyPrecision: keyPrecision, valuePrecision: valuePrecision,
+                     maskBytes: maskBytes)
         }
         // Bytes the keys cannot use (every key already kept, as int8 can at moderate ratios) go to the values.
         let keysUse = kept == n ? min(keyBudget, Double(StoredMatrix.bytes(rows: n, cols: d, precision: keyPrecision))) : keyBudget
-        let valueBudget = total - keysUse
+        let valueBudget = total - Double(maskBytes) - keysUse
         // A budget that holds the raw float16 values keeps them exactly; otherwise the factors' bytes decide the rank.
         if valueBudget >= Double(2 * n * d) { return plan(nil) }
         let perRank = valuePrecision == .float16 ? 2 * (n + d) : n + d + 4   // int8: two float16 scales per component
         let rank = max(0, min(Int(((valueBudget - Double(2 * d)) / Double(perRank)).rounded(.down)), min(n, d)))
         // And bytes that full-rank factors cannot use go back to the keys.
         if rank == min(n, d) {
-            kept = max(kept, keys(bytes: total - Double(FactoredValues.bytes(tokens: n, headDim: d, rank: rank, precision: valuePrecision))))
+            kept = max(kept, keys(bytes: total - Double(maskBytes)
+                                  - Double(FactoredValues.bytes(tokens: n, headDim: d, rank: rank, precision: valuePrecision))))
         }
         return plan(rank)
     }
@@ -61,6 +64,8 @@ public struct SpanPlan: Equatable, Sendable {
     public var valueRank: Int?
     public var keyPrecision: StoragePrecision = .float16
     public var valuePrecision: StoragePrecision = .float16
+    /// The keep mask of a score-based retention policy (structured patterns are derived from the grid: 0).
+    public var maskBytes: Int = 0
 
     /// Float16 bytes of the full cache for this span, keys and values.
     public var fullBytes: Int { 2 * tokens * headDim * 2 }
@@ -72,6 +77,6 @@ public struct SpanPlan: Equatable, Sendable {
         guard let q = valueRank else { return tokens * headDim * 2 }
         return FactoredValues.bytes(tokens: tokens, headDim: headDim, rank: q, precision: valuePrecision)
     }
-    public var bytes: Int { keyBytes + valueBytes }
+    public var bytes: Int { keyBytes + valueBytes + maskBytes }
     public var measuredRatio: Double { 1 - Double(bytes) / Double(fullBytes) }
 }

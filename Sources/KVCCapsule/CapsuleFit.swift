@@ -27,14 +27,43 @@ public struct CapsuleFit {
     public var ridge: Double
     /// Every `validationEvery`-th sample is held out.
     public var validationEvery: Int
+    /// With score-based retention, neighbour configurations seen fewer times in training keep the neighbour-mean
+    /// fallback (`LinearKeyReconstructorFit.minCount`).
+    public static let minScoredConfigurationCount = 64
+    /// Per-layer settings from the recipe's `layers:` section (nil: every layer uses `budget` and `policy`).
+    public var layers: [CapsuleLayerSettings]?
 
     public init(budget: CapsuleBudget, policy: RetentionPolicy = .strided, neighbours: Int = 4, ridge: Double = 1e-3,
-                validationEvery: Int = 5) {
+                validationEvery: Int = 5, layers: [CapsuleLayerSettings]? = nil) {
         self.budget = budget
         self.policy = policy
         self.neighbours = neighbours
         self.ridge = ridge
         self.validationEvery = validationEvery
+        self.layers = layers
+    }
+
+    /// The settings of layer `l`.
+    public func settings(layer l: Int) -> CapsuleLayerSettings {
+        if let layers, layers.indices.contains(l) { return layers[l] }
+        return CapsuleLayerSettings(budget: budget, policy: policy)
+    }
+
+    /// `[layer][head]` neighbourhoods of a sample as the capsule cache would build them (structured masks are shared by
+    /// the heads of a layer and by consecutive layers with the same settings).
+    public func neighbourhoods(_ s: CacheSample, layout: CacheLayout) -> [[GridNeighbours]] {
+        var out: [[GridNeighbours]] = []
+        for l in 0..<layout.layers {
+            let here = settings(layer: l)
+            if here.policy != .scored {
+                if l > 0, settings(layer: l - 1) == here { out.append(out[l - 1]); continue }
+                let nb = here.neighbourhood(s, layer: l, head: 0, layout: layout, neighbours: neighbours)
+                out.append(Array(repeating: nb, count: layout.kvHeads))
+            } else {
+                out.append((0..<layout.kvHeads).map { here.neighbourhood(s, layer: l, head: $0, layout: layout, neighbours: neighbours) })
+            }
+        }
+        return out
     }
 
     /// Streams `store` twice: once to fit, once to measure on the held-out samples.
@@ -43,20 +72,22 @@ public struct CapsuleFit {
         let layout = store.manifest.layout
         let d = layout.headDim
         let rope = RotaryEmbedding(headDim: d, base: ropeBase)
-        var fit = LinearKeyReconstructorFit(layers: layout.layers, kvHeads: layout.kvHeads, headDim: d, rope: rope, ridge: ridge)
+        let scored = (0..<layout.layers).contains { settings(layer: $0).policy == .scored }
+        var fit = LinearKeyReconstructorFit(layers: layout.layers, kvHeads: layout.kvHeads, headDim: d, rope: rope, ridge: ridge,
+                                            minCount: scored ? Self.minScoredConfigurationCount : 1)
         let bar = Progress("fit key reconstructor", total: store.count, unit: "samples", enabled: progress)
         var index = 0
         try store.forEachSample { s in
             defer { index += 1; bar.advance() }
             guard index % validationEvery != 0 else { return }
-            let nb = neighbourhood(s, headDim: d)
+            let nb = neighbourhoods(s, layout: layout)
             let keys = HalfConversion.halfToFloat(s.keys)
             let n = s.visionCount
             keys.withUnsafeBufferPointer { k in
                 for l in 0..<layout.layers {
                     for h in 0..<layout.kvHeads {
                         fit.add(layer: l, head: h, keys: k.baseAddress! + ((l * layout.kvHeads + h) * n) * d,
-                                positions: s.visionPositions, neighbours: nb)
+                                positions: s.visionPositions, neighbours: nb[l][h])
                     }
                 }
             }
@@ -78,22 +109,18 @@ public struct CapsuleFit {
         return (model, reports)
     }
 
-    func neighbourhood(_ s: CacheSample, headDim: Int) -> GridNeighbours {
-        let plan = budget.plan(tokens: s.visionCount, headDim: headDim)
-        return GridNeighbours(grids: s.grids, keep: policy.mask(grids: s.grids, kept: plan.keptKeys), count: neighbours)
-    }
-
     /// Adds, per layer: [linear key err², nearest key err², key norm², value err², value norm², KL linear, KL nearest, queries].
     private func measure(_ s: CacheSample, model: LinearKeyReconstructor, rope: RotaryEmbedding, layout: CacheLayout,
                          into sums: inout [[Double]]) throws {
         let d = layout.headDim, n = s.visionCount, t = s.textCount
-        let nb = neighbourhood(s, headDim: d)
-        let plan = budget.plan(tokens: n, headDim: d)
+        let neighbourhoods = neighbourhoods(s, layout: layout)
         let keys = HalfConversion.halfToFloat(s.keys), values = HalfConversion.halfToFloat(s.values)
         let queries = HalfConversion.halfToFloat(s.queries)
         let group = layout.queryHeads / layout.kvHeads
         for l in 0..<layout.layers {
+            let plan = settings(layer: l).plan(tokens: n, headDim: d)
             for h in 0..<layout.kvHeads {
+                let nb = neighbourhoods[l][h]
                 let base = ((l * layout.kvHeads + h) * n) * d
                 let trueKeys = Array(keys[base..<(base + n * d)])
                 // Retained keys as the cache stores them (int8 rounding included), rebuilt keys around them.

@@ -15,6 +15,8 @@ public struct CapsuleRecipe {
     public var reconstructor: String
     /// With `reconstructor.kind: mlp`: how the key MLP trains on top of the linear map.
     public var mlp: KeyResidualTraining.Options?
+    /// The `layers:` section: settings for layer ranges, applied over the global ones (see `CapsuleLayerRecipe`).
+    public var layerOverrides: [CapsuleLayerRecipe.Override]
 
     public init(_ recipe: RecipeSection, text: String) throws {
         file = recipe.file
@@ -32,10 +34,8 @@ public struct CapsuleRecipe {
         let dtypes = StoragePrecision.allCases.map(\.rawValue)
         let keyDtype = StoragePrecision(rawValue: try recipe.string("key_dtype", default: "f16", allowed: dtypes))!
         let valueDtype = StoragePrecision(rawValue: try recipe.string("value_dtype", default: "f16", allowed: dtypes))!
-        let policy = try recipe.string("retention", default: "strided", allowed: ["strided", "checkerboard", "scored"])
-        guard let retention = RetentionPolicy(name: policy), retention == .strided else {
-            throw KVCError.file(file, "retention: '\(policy)' needs attention scores at compression time, not supported yet; use strided")
-        }
+        let policy = try recipe.string("retention", default: "strided", allowed: CapsuleLayerRecipe.policies)
+        let retention = RetentionPolicy(name: policy)!
         let neighbours = try recipe.int("neighbours", default: 4, range: 1...8)
         var ridge = 1e-3
         reconstructor = "linear"
@@ -57,9 +57,11 @@ public struct CapsuleRecipe {
             try r.finish()
         }
         let validationEvery = try recipe.int("validation_every", default: 5, range: 2...1000)
+        let budget = CapsuleBudget(ratio: ratio, keyRatio: keyRatio, keyPrecision: keyDtype, valuePrecision: valueDtype)
+        layerOverrides = try CapsuleLayerRecipe.overrides(in: recipe, global: CapsuleLayerSettings(
+            budget: budget, policy: retention, reconstructor: KeyReconstructorKind(rawValue: reconstructor)!))
         try recipe.finish()
-        fit = CapsuleFit(budget: CapsuleBudget(ratio: ratio, keyRatio: keyRatio, keyPrecision: keyDtype, valuePrecision: valueDtype), policy: retention, neighbours: neighbours,
-                         ridge: ridge, validationEvery: validationEvery)
+        fit = CapsuleFit(budget: budget, policy: retention, neighbours: neighbours, ridge: ridge, validationEvery: validationEvery)
     }
 
     public static func load(path: String) throws -> CapsuleRecipe {
@@ -72,16 +74,21 @@ public struct CapsuleRecipe {
         let m = store.manifest
         log(String(format: "capsule r=%.2f (keys %.2f, values %.2f) on %d cached samples from %@", fit.budget.ratio,
                    fit.budget.keyRatio, fit.budget.valueRatio, m.sampleCount, caches))
+        var fit = fit
+        fit.layers = try CapsuleLayerRecipe.expand(layerOverrides, layers: m.layout.layers, file: file,
+                                                   global: CapsuleLayerSettings(budget: fit.budget, policy: fit.policy,
+                                                                                reconstructor: KeyReconstructorKind(rawValue: reconstructor)!))
         let (model, layers) = try fit.run(store: store, ropeBase: ropeBase)
+        let allNearest = (fit.layers?.map(\.reconstructor) ?? [KeyReconstructorKind(rawValue: reconstructor)!]).allSatisfy { $0 == .nearest }
         var settings = CapsuleSettings(budget: fit.budget, policy: fit.policy, neighbours: fit.neighbours,
-                                       keys: reconstructor == "nearest" ? .nearest : .linear(model))
+                                       keys: allNearest ? .nearest : .linear(model), layers: fit.layers)
         try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
         var mlpLayers: [KeyResidualTraining.LayerReport]?
         if let options = mlp {
             var samples: [CacheSample] = []
             try store.forEachSample { s in var s = s; s.values = []; samples.append(s) }   // values are not needed here
             let training = KeyResidualTraining(options: options, budget: fit.budget, policy: fit.policy, neighbours: fit.neighbours,
-                                               validationEvery: fit.validationEvery)
+                                               validationEvery: fit.validationEvery, layers: fit.layers)
             // The checkpoint belongs to this recipe text and these caches; anything else must start over.
             let fingerprint = Checksum.xxh128(Data((text + m.fingerprint + String(m.sampleCount)).utf8))
             let (residual, reports) = try training.run(samples: samples, layout: m.layout, linear: model,
@@ -100,6 +107,13 @@ public struct CapsuleRecipe {
         try adapter.saveCheckpoint(to: runDirectory + "/adapter.safetensors")
         try AtomicFile.write(text, to: runDirectory + "/recipe.yaml")
         let plan = fit.budget.plan(tokens: 64, headDim: m.layout.headDim)
+        // Layers are the same size: the capsule's measured ratio is over the sum of its layers' bytes.
+        let layerPlans = (0..<m.layout.layers).map { fit.settings(layer: $0).plan(tokens: 64, headDim: m.layout.headDim) }
+        let measured64 = 1 - Double(layerPlans.reduce(0) { $0 + $1.bytes }) / Double(layerPlans.reduce(0) { $0 + $1.fullBytes })
+        if fit.layers != nil {
+            log(String(format: "per-layer settings: measured ratio %.4f over all layers (nominal %.4f) for 64-token images",
+                       measured64, fit.budget.ratio))
+        }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         struct Report: Codable {
@@ -108,7 +122,7 @@ public struct CapsuleRecipe {
             var mlpLayers: [KeyResidualTraining.LayerReport]?
         }
         try AtomicFile.write(try encoder.encode(Report(ratio: fit.budget.ratio, keyRatio: fit.budget.keyRatio,
-                                                       valueRatio: fit.budget.valueRatio, measuredRatio64: plan.measuredRatio,
+                                                       valueRatio: fit.budget.valueRatio, measuredRatio64: measured64,
                                                        keptKeys64: plan.keptKeys, valueRank64: plan.valueRank,
                                                        keyDtype: fit.budget.keyPrecision.rawValue,
                                                        valueDtype: fit.budget.valuePrecision.rawValue, samples: m.sampleCount, layers: layers,

@@ -14,8 +14,9 @@ public enum CapsuleAttentionMode: String, Sendable, CaseIterable {
     case dense
 }
 
-/// What the fused path needs about the compressed span beyond the stored tensors, the same for every layer and head
-/// (built once per cache, on the first fused step): the dropped tokens grouped by how their key is rebuilt.
+/// What the fused path needs about one KV head's compressed span beyond the stored tensors (built once per cache, on
+/// the first fused step of its layer, and shared by every head with the same retained set): the dropped tokens grouped
+/// by how their key is rebuilt.
 ///
 /// With the RoPE-equivariant linear reconstructor, a dropped key is `k̂_j = Σ_m M_m k_{n_m}`, where
 /// `M_m = A_m R(-δ_m)` multiplies RoPE pair i by the complex number `w_{m,i} = a_{m,i} e^{iΔ_m θ_i}`
@@ -24,6 +25,13 @@ public enum CapsuleAttentionMode: String, Sendable, CaseIterable {
 /// a configuration and offsets share their transformed queries: one small product per group, slot and query head
 /// per step, then `slots` dot products with retained keys per dropped token.
 struct FusedSpanLayout {
+    /// What a layout depends on besides the span's grids and positions.
+    struct Key: Hashable {
+        var retained: [Int]
+        var nearest: Bool
+        var evict: Bool
+    }
+
     struct Group {
         /// The neighbour offsets the coefficients are fitted for.
         var configuration: LinearKeyReconstructor.Configuration
@@ -41,20 +49,15 @@ struct FusedSpanLayout {
     let retainedSpan: [Int32]
     /// Dropped tokens that take part in attention (all of them, except under eviction).
     let droppedCount: Int
-    /// `[layer * kvHeads + head][group]`: complex coefficients `[slot][pair] (re, im)`.
-    let coefficients: [[[Float]]]
 
-    init(neighbours nb: GridNeighbours, positions: [Int32], keys: KeyReconstruction, rope: RotaryEmbedding,
-         layers: Int, kvHeads: Int) {
-        let d = rope.headDim, pairs = d / 2
+    init(neighbours nb: GridNeighbours, positions: [Int32], nearest: Bool, evict: Bool, rope: RotaryEmbedding) {
+        let d = rope.headDim
         struct Key: Hashable { var configuration: [GridNeighbours.Offset]; var deltas: [Int] }
         var index: [Key: Int] = [:]
         var groups: [Group] = []
-        var evict = false
-        if case .evict = keys { evict = true }
         for (t, j) in nb.dropped.enumerated() where !evict {
             var slots = nb.neighbours[t].count
-            if case .nearest = keys { slots = min(slots, 1) }
+            if nearest { slots = min(slots, 1) }
             let retained = nb.neighbours[t].prefix(slots)
             let deltas = retained.map { Int(positions[j]) - Int(positions[nb.retained[$0]]) }
             let key = Key(configuration: Array(nb.offsets[t].prefix(slots)), deltas: deltas)
@@ -74,20 +77,26 @@ struct FusedSpanLayout {
         self.groups = groups
         retainedSpan = nb.retained.map { Int32($0) }
         droppedCount = groups.reduce(0) { $0 + $1.members.count }
-        coefficients = (0..<(layers * kvHeads)).map { slot in
-            groups.map { group -> [Float] in
-                switch keys {
-                case .linear(let model):
-                    return model.coefficients(layer: slot / kvHeads, head: slot % kvHeads,
-                                              configuration: group.configuration).values
-                default:   // nearest: the neighbour's key as it is, re-rotated
-                    var one = [Float](repeating: 0, count: group.slots * pairs * 2)
-                    for i in stride(from: 0, to: one.count, by: 2) { one[i] = 1 }
-                    return one
-                }
+    }
+
+    /// Complex coefficients `[slot][pair] (re, im)` of every group for one layer and head: the fitted linear map, or
+    /// the identity (the neighbour's key as it is, re-rotated) for the nearest-neighbour copy.
+    func coefficients(keys: KeyReconstruction, nearest: Bool, layer: Int, head: Int, headDim: Int) -> [[Float]] {
+        groups.map { group -> [Float] in
+            if case .linear(let model) = keys, !nearest {
+                return model.coefficients(layer: layer, head: head, configuration: group.configuration).values
             }
+            var one = [Float](repeating: 0, count: group.slots * headDim)
+            for i in stride(from: 0, to: one.count, by: 2) { one[i] = 1 }
+            return one
         }
     }
+}
+
+/// One KV head's fused layout and its coefficients.
+struct FusedSpanHead {
+    let layout: FusedSpanLayout
+    let coefficients: [[Float]]
 }
 
 extension CapsuleCache: FusedAttentionCache {
@@ -96,33 +105,47 @@ extension CapsuleCache: FusedAttentionCache {
     /// it does not read.
     public func attend(layer: Int, queries: UnsafePointer<Float>, count t: Int, firstPosition: Int, headCount: Int,
                        output: UnsafeMutablePointer<Float>, threads: Int) -> Bool {
+        // A scored layer waits for the question: its first queries after the vision span choose what it keeps.
+        if let c = capsule, c.layers[layer] == nil, let last = c.positions.last, Int(last) < firstPosition,
+           headCount % kvHeadCount == 0 {
+            do { try compressLayer(layer, queries: queries, rows: t, headCount: headCount) } catch { return false }
+        }
         // The trained MLP residual is evaluated by the dense rebuild only: fused attention takes the linear part.
-        guard settings.mode == .fused, settings.keyResidual == nil, let capsule, let last = capsule.positions.last,
-              Int(last) < firstPosition,
+        guard settings.mode == .fused, settings.keyResidual == nil, let capsule, let compressed = capsule.layers[layer],
+              let last = capsule.positions.last, Int(last) < firstPosition,
               headDim % 8 == 0, headCount % kvHeadCount == 0 else { return false }
-        for slot in (layer * kvHeadCount)..<((layer + 1) * kvHeadCount) {
-            let keys = capsule.retainedKeys[slot]
-            guard keys.precision == .float16 || !keys.scalePerRow else { return false }
+        for head in compressed.heads {
+            guard head.retainedKeys.precision == .float16 || !head.retainedKeys.scalePerRow else { return false }
         }
-        if fusedLayout == nil {
-            fusedLayout = FusedSpanLayout(neighbours: capsule.neighbours, positions: capsule.positions, keys: settings.keys,
-                                          rope: rope, layers: layerCount, kvHeads: kvHeadCount)
+        if fusedLayers[layer] == nil {
+            var evict = false
+            if case .evict = settings.keys { evict = true }
+            var nearest = compressed.reconstructor == .nearest
+            if case .nearest = settings.keys { nearest = true }
+            fusedLayers[layer] = compressed.heads.enumerated().map { h, head in
+                let key = FusedSpanLayout.Key(retained: head.neighbours.retained, nearest: nearest, evict: evict)
+                let layout = fusedLayoutCache[key] ?? FusedSpanLayout(neighbours: head.neighbours, positions: capsule.positions,
+                                                                     nearest: nearest, evict: evict, rope: rope)
+                fusedLayoutCache[key] = layout
+                return FusedSpanHead(layout: layout, coefficients: layout.coefficients(keys: settings.keys, nearest: nearest,
+                                                                                      layer: layer, head: h, headDim: headDim))
+            }
         }
-        let layout = fusedLayout!
+        let heads = fusedLayers[layer]!
         // Text entries: the positions compressed around the span, then this call's new ones (already appended).
-        let textCount = text.withLayer(layer) { $0.count }
-        let textPositionList = textPositions + (0..<max(0, textCount - textPositions.count)).map { Int32(length + $0) }
+        let textPositionList = storePositions[layer]
+        let textCount = textPositionList.count
         let visible = (0..<t).map { i in textPositionList.prefix { Int($0) <= firstPosition + i }.count }
         let work = FusedHeadWork(layer: layer, rows: t, group: headCount / kvHeadCount, headDim: headDim,
-                                 rowStride: headCount * headDim, textCount: textCount, visible: visible, layout: layout,
-                                 capsule: capsule, kvHeads: kvHeadCount)
-        return text.withLayer(layer) { view -> Bool in
+                                 rowStride: headCount * headDim, textCount: textCount, visible: visible, heads: heads,
+                                 compressed: compressed, tokens: capsule.positions.count)
+        return stores[layer].withLayer(0) { view -> Bool in
             guard case .float16(let textKeys, let textValues) = view.storage else { return false }
             let perform: (Int) -> Void = { h in
                 work.run(head: h, queries: queries, textKeys: textKeys + h * view.headStride,
                          textValues: textValues + h * view.headStride, output: output)
             }
-            let entries = textCount + capsule.neighbours.retained.count + 4 * layout.droppedCount
+            let entries = textCount + heads[0].layout.retainedSpan.count + 4 * heads[0].layout.droppedCount
             if threads > 1 && t * entries * headCount * headDim > 200_000 {
                 DispatchQueue.concurrentPerform(iterations: kvHeadCount, execute: perform)
             } else {
@@ -142,23 +165,23 @@ private struct FusedHeadWork {
     let rowStride: Int
     let textCount: Int
     let visible: [Int]
-    let layout: FusedSpanLayout
-    let capsule: CapsuleCache.Capsule
-    let kvHeads: Int
+    let heads: [FusedSpanHead]
+    let compressed: CapsuleCache.LayerCapsule
+    let tokens: Int
 
     func run(head h: Int, queries: UnsafePointer<Float>, textKeys: UnsafePointer<Float16>,
              textValues: UnsafePointer<Float16>, output: UnsafeMutablePointer<Float>) {
-        let d = headDim, g = group, pairs = d / 2, slot = layer * kvHeads + h
-        let stored = capsule.retainedKeys[slot]
-        let retained = layout.retainedSpan.count, dropped = layout.droppedCount, n = capsule.positions.count
+        let d = headDim, g = group, pairs = d / 2, layout = heads[h].layout
+        let stored = compressed.heads[h].retainedKeys
+        let retained = layout.retainedSpan.count, dropped = layout.droppedCount, n = tokens
         let entries = textCount + retained + dropped
         let scale = 1 / Float(d).squareRoot()
         let maxSlots = layout.groups.map(\.slots).max() ?? 0
-        let weights = layout.coefficients[slot]
+        let weights = heads[h].coefficients
         // Column scales of int8 keys fold into the queries: q·(s ⊙ k8) = (q ⊙ s)·k8.
         let columnScale: [Float]? = stored.precision == .int8 ? HalfConversion.halfToFloat(stored.scales) : nil
 
-        let rank = capsule.plan.valueRank.map { _ in capsule.values[layer][h].rank }
+        let rank = compressed.heads[h].values?.rank
         let scratch = Scratch(
             w: layout.groups.reduce(0) { $0 + $1.slots } * d, u: maxSlots * g * d, q: g * d,
             scores: rows * g * entries, span: rows * g * n,
@@ -244,7 +267,7 @@ private struct FusedHeadWork {
         let vision = scratch.vision
         if let q = rank {
             // Factors widened into scratch (no allocation per step): C [n, q], B [q, d], then y = P·C [m, q], mean [d].
-            let factors = capsule.values[layer][h]
+            let factors = compressed.heads[h].values!
             let c = scratch.values, b = c + n * q, y = b + q * d, mean = y + m * q
             factors.mean.withUnsafeBufferPointer { HalfConversion.halfToFloat($0.baseAddress!, mean, count: d) }
             for r in 0..<m {
@@ -277,7 +300,7 @@ private struct FusedHeadWork {
                 BLAS.gemm(m: m, n: d, k: q, a: y, b: b, beta: 1, c: vision)
             }
         } else {
-            capsule.rawValues[slot].withUnsafeBufferPointer { HalfConversion.halfToFloat($0.baseAddress!, scratch.values, count: n * d) }
+            compressed.heads[h].rawValues.withUnsafeBufferPointer { HalfConversion.halfToFloat($0.baseAddress!, scratch.values, count: n * d) }
             BLAS.gemm(m: m, n: d, k: n, a: scratch.span, b: scratch.values, c: vision)
         }
         for i in 0..<rows {

@@ -45,11 +45,16 @@ public struct KeyResidualTraining {
     public var policy: RetentionPolicy
     public var neighbours: Int
     public var validationEvery: Int
+    /// Per-layer settings (nil: every layer uses `budget` and `policy` and trains an MLP); only layers whose
+    /// reconstructor is `mlp` train one.
+    public var layers: [CapsuleLayerSettings]?
 
-    public init(options: Options, budget: CapsuleBudget, policy: RetentionPolicy, neighbours: Int, validationEvery: Int) {
+    public init(options: Options, budget: CapsuleBudget, policy: RetentionPolicy, neighbours: Int, validationEvery: Int,
+                layers: [CapsuleLayerSettings]? = nil) {
         self.options = options
         self.budget = budget
         self.policy = policy
+        self.layers = layers
         self.neighbours = neighbours
         self.validationEvery = validationEvery
     }
@@ -87,12 +92,15 @@ public struct KeyResidualTraining {
             log("resuming key MLP training at layer \(first) of \(layout.layers) from \(checkpointPath)")
         }
         try dropMetrics(fromLayer: first, path: metricsPath)
-        let neighbourhoods = samples.map { s in
-            GridNeighbours(grids: s.grids, keep: policy.mask(grids: s.grids, kept: budget.plan(tokens: s.visionCount, headDim: d).keptKeys),
-                           count: neighbours)
-        }
+        let fit = CapsuleFit(budget: budget, policy: policy, neighbours: neighbours, layers: layers)
+        let neighbourhoods = samples.map { fit.neighbourhoods($0, layout: layout) }
         let bar = Progress("train key MLP", total: layout.layers - first, unit: "layers")
         for l in first..<layout.layers {
+            guard layers == nil || fit.settings(layer: l).reconstructor == .mlp else {
+                try Self.saveCheckpoint(model: model, completed: l + 1, reports: reports, fingerprint: fingerprint, path: checkpointPath)
+                bar.advance()
+                continue
+            }
             var train: [Span] = [], held: [Span] = []
             // Key RMS of the layer in the de-rotated frame (= rotated frame: rotations keep norms).
             var sq = 0.0, count = 0
@@ -100,7 +108,8 @@ public struct KeyResidualTraining {
             let scale = Float((sq / Double(max(count, 1))).squareRoot()) + 1e-6
             for (i, s) in samples.enumerated() {
                 for h in 0..<layout.kvHeads {
-                    let span = prepare(s, neighbours: neighbourhoods[i], layer: l, head: h, layout: layout, linear: linear,
+                    let plan = fit.settings(layer: l).plan(tokens: s.visionCount, headDim: d)
+                    let span = prepare(s, neighbours: neighbourhoods[i][l][h], plan: plan, layer: l, head: h, layout: layout, linear: linear,
                                        rope: rope, scale: scale)
                     guard span.droppedCount > 0 else { continue }
                     if i % validationEvery == 0 { held.append(span) } else { train.append(span) }
@@ -130,12 +139,11 @@ public struct KeyResidualTraining {
         return HalfConversion.halfToFloat(Array(s.keys[base..<(base + n)]))
     }
 
-    func prepare(_ s: CacheSample, neighbours nb: GridNeighbours, layer l: Int, head h: Int, layout: CacheLayout,
+    func prepare(_ s: CacheSample, neighbours nb: GridNeighbours, plan: SpanPlan, layer l: Int, head h: Int, layout: CacheLayout,
                  linear: LinearKeyReconstructor, rope: RotaryEmbedding, scale: Float) -> Span {
         let d = layout.headDim, n = s.visionCount, t = s.textCount, group = layout.queryHeads / layout.kvHeads
         let base = ((l * layout.kvHeads + h) * n) * d
         let keys = HalfConversion.halfToFloat(Array(s.keys[base..<(base + n * d)]))
-        let plan = budget.plan(tokens: n, headDim: d)
         let retained = StoredMatrix(nb.retained.flatMap { Array(keys[($0 * d)..<(($0 + 1) * d)]) }, rows: nb.retained.count,
                                     cols: d, precision: plan.keyPrecision).floats()
         var lin = [Float](repeating: 0, count: nb.dropped.count * d)

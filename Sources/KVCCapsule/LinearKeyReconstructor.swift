@@ -81,16 +81,22 @@ public struct LinearKeyReconstructorFit {
     public let rope: RotaryEmbedding
     /// Ridge strength relative to the mean diagonal of the Gram matrix.
     public var ridge: Double
+    /// Configurations seen fewer times than this (per layer and head) are not fitted: they fall back to the neighbour
+    /// mean. Structured masks repeat every configuration in every sample (1 keeps them all); score-based masks vary per
+    /// prompt and produce a long tail of configurations seen a handful of times, whose least-squares fits would be
+    /// noise and whose coefficients would fill the adapter (each costs every layer and head).
+    public var minCount: Int
 
     // [layer * kvHeads + head][configuration] → per pair: Gram K x K and rhs K, complex, as doubles.
     private var normals: [[LinearKeyReconstructor.Configuration: (gram: [Double], rhs: [Double], count: Int)]]
 
-    public init(layers: Int, kvHeads: Int, headDim: Int, rope: RotaryEmbedding, ridge: Double = 1e-3) {
+    public init(layers: Int, kvHeads: Int, headDim: Int, rope: RotaryEmbedding, ridge: Double = 1e-3, minCount: Int = 1) {
         self.layers = layers
         self.kvHeads = kvHeads
         self.headDim = headDim
         self.rope = rope
         self.ridge = ridge
+        self.minCount = minCount
         normals = Array(repeating: [:], count: layers * kvHeads)
     }
 
@@ -138,7 +144,7 @@ public struct LinearKeyReconstructorFit {
         let pairs = headDim / 2
         var coefficients: [[LinearKeyReconstructor.Configuration: [Float]]] = Array(repeating: [:], count: layers * kvHeads)
         for slot in 0..<(layers * kvHeads) {
-            for (config, e) in normals[slot] {
+            for (config, e) in normals[slot] where e.count >= minCount {
                 let k = config.count
                 var out = [Float](repeating: 0, count: k * pairs * 2)
                 for i in 0..<pairs {

@@ -64,13 +64,15 @@ final class RetentionTests: XCTestCase {
         }
     }
 
-    func testScoredKeepsTheMostAttendedBeyondTheLattice() {
+    func testScoredCoversEveryCellWithItsMostAttendedToken() {
         var scores = [Float](repeating: 0, count: 64)
-        scores[9] = 5   // (1,1): not on the stride-2 lattice
-        scores[3] = 4   // (0,3)
-        let m = RetentionPolicy.scored.mask(grids: grid, kept: 18, scores: scores)
-        XCTAssertTrue(m[9] && m[3])
-        XCTAssertTrue(m[0] && m[2] && m[18], "the coverage lattice comes first")
+        scores[9] = 5   // (1,1): the best of cell (0,0)
+        scores[3] = 4   // (0,3): the best of cell (0,1)
+        scores[1] = 3   // (0,1): second in cell (0,0), kept by score
+        let m = RetentionPolicy.scored.mask(grids: grid, kept: 17, scores: scores)
+        XCTAssertTrue(m[9] && m[3] && m[1])
+        XCTAssertFalse(m[0] || m[2], "a cell's coverage token is its most attended one, not a fixed lattice point")
+        XCTAssertTrue(m[18], "cells without scores keep their first token")
     }
 
     func testImagesOfAPromptKeepEqualShares() {

@@ -9,10 +9,8 @@ final class CapsuleAblationTests: XCTestCase {
     func testVariantsRankAsTheMethodPredictsOnSmoothKeys() throws {
         let layout = CacheLayout(layers: 2, kvHeads: 1, queryHeads: 3, headDim: 8)
         let rope = RotaryEmbedding(headDim: 8, base: 100_000)
-        let dir = NSTemporaryDirectory() + "kvc-ablate-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let dir = try syntheticCacheDirectory("ablate", samples: 10, layout: layout, rope: rope)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        try writeSyntheticCaches(to: dir, samples: 10, layout: layout, rope: rope)
         let store = try CacheStore(directory: dir)
         let budget = CapsuleBudget(ratio: 0.6, keyRatio: 0.5)
         let (linear, _) = try CapsuleFit(budget: budget).run(store: store, ropeBase: rope.base, progress: false)

@@ -90,7 +90,7 @@ final class FusedAttentionTests: XCTestCase {
         for (name, keys, budget) in cases {
             let fused = try compressedCache(model, keys: keys, budget: budget, mode: .fused)
             let dense = try compressedCache(model, keys: keys, budget: budget, mode: .dense)
-            ranks.insert(fused.capsule!.values[0][0].rank)
+            ranks.insert(fused.capsule!.layers[0]!.heads[0].values!.rank)
             for rows in [1, 2] {
                 let width = c.headCount * c.headDim
                 let queries = (0..<(rows * width)).map { _ in rng.nextNormal() * 2 }

@@ -1,6 +1,15 @@
+import Foundation
 import KVCBackbone
 import KVCCollect
 import KVCCore
+
+/// A fresh temporary directory holding `writeSyntheticCaches` output (the caller removes it).
+func syntheticCacheDirectory(_ name: String, samples: Int, layout: CacheLayout, rope: RotaryEmbedding) throws -> String {
+    let dir = NSTemporaryDirectory() + "kvc-\(name)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    try writeSyntheticCaches(to: dir, samples: samples, layout: layout, rope: rope)
+    return dir
+}
 
 /// Caches of a tiny backbone whose de-rotated keys vary smoothly over an 8x8 grid (like image tokens), plus noise.
 func writeSyntheticCaches(to dir: String, samples: Int, layout: CacheLayout, rope: RotaryEmbedding) throws {
