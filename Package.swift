@@ -56,8 +56,10 @@ let package = Package(
         .target(name: "KVCGGUF", dependencies: ["KVCCore"], swiftSettings: swiftSettings),
         // Byte-level BPE tokenizer (vocabulary, merges, pre-tokenizer split, special tokens, chat template).
         .target(name: "KVCTokenizer", dependencies: ["KVCCore"], swiftSettings: swiftSettings),
+        // AVX-512 tile kernels of batched decoding (C for per-function target attributes; chosen at run time).
+        .target(name: "CDecodeKernels", cSettings: cCPUFlags + [.unsafeFlags(["-O3", "-ffp-contract=off"])]),
         // Frozen backbone: Llama decoder, KV cache protocol, generation.
-        .target(name: "KVCBackbone", dependencies: ["KVCCore", "KVCTensor", "KVCGGUF", "KVCTokenizer"],
+        .target(name: "KVCBackbone", dependencies: ["KVCCore", "KVCTensor", "KVCGGUF", "KVCTokenizer", "CDecodeKernels"],
                 swiftSettings: swiftSettings),
         // Images, easy-VQA, the vision front end and the VLM that joins it to the decoder.
         .target(name: "KVCVision", dependencies: ["KVCCore", "KVCTensor", "KVCTokenizer", "KVCBackbone", "KVCCollect", "CPNG"],

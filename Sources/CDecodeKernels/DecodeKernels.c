@@ -1,0 +1,156 @@
+// AVX-512 tile kernels of batched decoding (see DecodeKernels.h and BlockMatMat.swift).
+//
+// Bit-identical to the 256-bit single-vector kernel because each 512-bit register holds two vectors' 8-lane
+// partial sums side by side: every lane sees the same multiplies and fused multiply-adds in the same order as the
+// single kernel's 8 lanes. The per-block offsets (m·Σx) run lane-per-vector with a separate multiply and add, and
+// the final reduction adds each vector's 8 lanes in index order, as Swift's SIMD sum() does. The file is compiled
+// with -ffp-contract=off so the compiler fuses nothing on its own.
+#include "DecodeKernels.h"
+
+#pragma STDC FP_CONTRACT OFF
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#define WIDE __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,f16c,fma")))
+#define INLINE WIDE __attribute__((always_inline)) static inline
+
+int kvc_wide_tile_supported(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
+        && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw")
+        && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma");
+}
+
+INLINE float half_at(const uint8_t *p) {
+    uint16_t bits = (uint16_t)(p[0] | (p[1] << 8));
+    return _cvtsh_ss(bits);
+}
+
+/// One block of a pair of vectors: multiply, then three multiply-adds (the single kernel's order, lane by lane).
+INLINE __m512 pair_dot(__m512 q0, __m512 q1, __m512 q2, __m512 q3, const float *xb) {
+    __m512 s = _mm512_mul_ps(q0, _mm512_loadu_ps(xb));
+    s = _mm512_fmadd_ps(q1, _mm512_loadu_ps(xb + 16), s);
+    s = _mm512_fmadd_ps(q2, _mm512_loadu_ps(xb + 32), s);
+    return _mm512_fmadd_ps(q3, _mm512_loadu_ps(xb + 48), s);
+}
+
+/// Lane k of the result = the sequential sum of r_k's 8 lanes (an 8x8 transpose, then 7 vertical adds in order).
+INLINE __m256 lane_sums(__m256 r0, __m256 r1, __m256 r2, __m256 r3, __m256 r4, __m256 r5, __m256 r6, __m256 r7) {
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    // c_j[k] = r_k[j]
+    __m256 c0 = _mm256_permute2f128_ps(u0, u4, 0x20), c1 = _mm256_permute2f128_ps(u1, u5, 0x20);
+    __m256 c2 = _mm256_permute2f128_ps(u2, u6, 0x20), c3 = _mm256_permute2f128_ps(u3, u7, 0x20);
+    __m256 c4 = _mm256_permute2f128_ps(u0, u4, 0x31), c5 = _mm256_permute2f128_ps(u1, u5, 0x31);
+    __m256 c6 = _mm256_permute2f128_ps(u2, u6, 0x31), c7 = _mm256_permute2f128_ps(u3, u7, 0x31);
+    __m256 s = _mm256_add_ps(c0, c1);
+    s = _mm256_add_ps(s, c2);
+    s = _mm256_add_ps(s, c3);
+    s = _mm256_add_ps(s, c4);
+    s = _mm256_add_ps(s, c5);
+    s = _mm256_add_ps(s, c6);
+    return _mm256_add_ps(s, c7);
+}
+
+/// Stores row r of vectors 8g ..< 8g+8 (those below count): accumulators of pairs 4g ..< 4g+4, plus offsets.
+INLINE void finish_group(const __m512 *acc, int g, int pairs, __m256 offsets, int has_offsets, float *y, long y_stride,
+                         long r, int count) {
+    __m256 r_[8];
+    for (int i = 0; i < 4; i++) {
+        int p = 4 * g + i;
+        __m512 a = p < pairs ? acc[p] : _mm512_setzero_ps();
+        r_[2 * i] = _mm512_castps512_ps256(a);
+        r_[2 * i + 1] = _mm512_extractf32x8_ps(a, 1);
+    }
+    __m256 s = lane_sums(r_[0], r_[1], r_[2], r_[3], r_[4], r_[5], r_[6], r_[7]);
+    if (has_offsets) s = _mm256_add_ps(s, offsets);
+    float out[8];
+    _mm256_storeu_ps(out, s);
+    for (int v = 8 * g; v < count && v < 8 * g + 8; v++) y[v * y_stride + r] = out[v - 8 * g];
+}
+
+/// The kernel for `pairs` (a literal at each call, so the accumulator array lives in registers) pairs of vectors.
+INLINE void tile(int format, const uint8_t *w, long rows, long row_bytes, long blocks, const float *xp,
+                 const float *sums, float *y, long y_stride, int count, const int pairs) {
+    const int q8 = format == kvc_format_q8_0, has_min = format == kvc_format_q4_1;
+    const long block_bytes = q8 ? 34 : (has_min ? 20 : 18);
+    const long pair_stride = blocks * 64;
+    const __m128i nibble = _mm_set1_epi8(0x0F);
+    for (long r = 0; r < rows; r++) {
+        const uint8_t *p = w + r * row_bytes;
+        __m512 acc[8];
+        for (int i = 0; i < pairs; i++) acc[i] = _mm512_setzero_ps();
+        __m256 off0 = _mm256_setzero_ps(), off1 = _mm256_setzero_ps();
+        for (long b = 0; b < blocks; b++, p += block_bytes) {
+            const float d = half_at(p);
+            __m512 q0, q1, q2, q3;
+            if (q8) {
+                const __m128i lo = _mm_loadu_si128((const __m128i *)(p + 2));
+                const __m128i hi = _mm_loadu_si128((const __m128i *)(p + 18));
+                q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_unpacklo_epi64(lo, lo)));
+                q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_unpackhi_epi64(lo, lo)));
+                q2 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_unpacklo_epi64(hi, hi)));
+                q3 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_unpackhi_epi64(hi, hi)));
+            } else {
+                const float m = has_min ? half_at(p + 2) : -8.0f * d;
+                const __m128i packed = _mm_loadu_si128((const __m128i *)(p + (has_min ? 4 : 2)));
+                const __m128i low = _mm_and_si128(packed, nibble);
+                const __m128i high = _mm_and_si128(_mm_srli_epi16(packed, 4), nibble);
+                q0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi64(low, low)));
+                q1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpackhi_epi64(low, low)));
+                q2 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi64(high, high)));
+                q3 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpackhi_epi64(high, high)));
+                const __m256 mv = _mm256_set1_ps(m);
+                off0 = _mm256_add_ps(off0, _mm256_mul_ps(mv, _mm256_loadu_ps(sums + b * 16)));
+                if (pairs > 4) off1 = _mm256_add_ps(off1, _mm256_mul_ps(mv, _mm256_loadu_ps(sums + b * 16 + 8)));
+            }
+            const __m512 dv = _mm512_set1_ps(d);
+            const float *xb = xp + b * 64;
+            for (int i = 0; i < pairs; i++) acc[i] = _mm512_fmadd_ps(dv, pair_dot(q0, q1, q2, q3, xb + i * pair_stride), acc[i]);
+        }
+        finish_group(acc, 0, pairs, off0, !q8, y, y_stride, r, count);
+        if (pairs > 4) finish_group(acc, 1, pairs, off1, !q8, y, y_stride, r, count);
+    }
+}
+
+/// One copy per format and pair count, each with both as literals.
+INLINE void tile_format(const int format, const uint8_t *w, long rows, long row_bytes, long blocks, const float *xp,
+                        const float *sums, float *y, long y_stride, int count) {
+    switch ((count + 1) / 2) {
+    case 1: tile(format, w, rows, row_bytes, blocks, xp, sums, y, y_stride, count, 1); break;
+    case 2: tile(format, w, rows, row_bytes, blocks, xp, sums, y, y_stride, count, 2); break;
+    case 3: tile(format, w, rows, row_bytes, blocks, xp, sums, y, y_stride, count, 3); break;
+    case 4: tile(format, w, rows, row_bytes, blocks, xp, sums, y, y_stride, count, 4); break;
+    case 5: tile(format, w, rows, row_bytes, blocks, xp, sums, y, y_stride, count, 5); break;
+    case 6: tile(format, w, rows, row_bytes, blocks, xp, sums, y, y_stride, count, 6); break;
+    case 7: tile(format, w, rows, row_bytes, blocks, xp, sums, y, y_stride, count, 7); break;
+    default: tile(format, w, rows, row_bytes, blocks, xp, sums, y, y_stride, count, 8); break;
+    }
+}
+
+WIDE void kvc_wide_tile(int format, const uint8_t *w, long rows, long row_bytes, long blocks, const float *x_pairs,
+                        const float *sums, float *y, long y_stride, int count) {
+    switch (format) {
+    case kvc_format_q4_1: tile_format(kvc_format_q4_1, w, rows, row_bytes, blocks, x_pairs, sums, y, y_stride, count); break;
+    case kvc_format_q4_0: tile_format(kvc_format_q4_0, w, rows, row_bytes, blocks, x_pairs, sums, y, y_stride, count); break;
+    default: tile_format(kvc_format_q8_0, w, rows, row_bytes, blocks, x_pairs, sums, y, y_stride, count); break;
+    }
+}
+
+#else
+
+int kvc_wide_tile_supported(void) { return 0; }
+
+void kvc_wide_tile(int format, const uint8_t *w, long rows, long row_bytes, long blocks, const float *x_pairs,
+                   const float *sums, float *y, long y_stride, int count) {
+    (void)format; (void)w; (void)rows; (void)row_bytes; (void)blocks; (void)x_pairs; (void)sums; (void)y; (void)y_stride; (void)count;
+}
+
+#endif
