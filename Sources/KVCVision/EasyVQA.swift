@@ -17,6 +17,9 @@ public struct EasyVQA: Sendable {
         public let answerIndex: Int
         public let imageID: Int
 
+        /// A yes/no question: 74% of easy-VQA, and answerable ~88% of the time from the text alone (`AnswerBalance`).
+        public var isYesNo: Bool { EasyVQA.isYesNo(answer) }
+
         public init(text: String, answer: String, answerIndex: Int, imageID: Int) {
             self.text = text
             self.answer = answer
@@ -26,6 +29,8 @@ public struct EasyVQA: Sendable {
     }
 
     public static let imageSide = 64
+
+    public static func isYesNo(_ answer: String) -> Bool { answer == "yes" || answer == "no" }
 
     public let root: String
     /// The answer vocabulary in the order of `answers.txt`.
@@ -134,6 +139,23 @@ public struct EasyVQASplit: Sendable {
     public let questions: [EasyVQA.Question]
     public let images: EasyVQAImages
     public let skipped: [SkippedEntry]
+
+    /// Which questions an evaluation asks: all, the yes/no ones, or the open ones (shape and colour names), whose
+    /// answers depend on the image tokens the most.
+    public enum AnswerKind: String, CaseIterable, Sendable {
+        case all, yesNo = "yes-no", open
+    }
+
+    /// The same split with only the questions of `kind` (file order kept).
+    public func questions(_ kind: AnswerKind) -> EasyVQASplit {
+        let kept: [EasyVQA.Question]
+        switch kind {
+        case .all: kept = questions
+        case .yesNo: kept = questions.filter(\.isYesNo)
+        case .open: kept = questions.filter { !$0.isYesNo }
+        }
+        return EasyVQASplit(split: split, questions: kept, images: images, skipped: skipped)
+    }
 }
 
 /// Decoded images of one split in a single contiguous buffer of `count * side * side * 3` bytes (row `r` holds the

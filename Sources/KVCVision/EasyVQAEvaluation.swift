@@ -44,6 +44,11 @@ public struct EasyVQAEvaluation {
         public var split: String
         public var n: Int
         public var accuracy: Double
+        /// Accuracy on the yes/no questions and on the others (shape and colour names). The yes/no ones can largely be
+        /// answered from the text alone, so the others show best what the image tokens (and their cache) carry.
+        public var accuracy_yes_no: Double?
+        public var accuracy_open: Double?
+        public var n_yes_no: Int?
         public var cache: String
         public var blind: Bool
         public var questions_per_second: Double
@@ -159,6 +164,12 @@ public struct EasyVQAEvaluation {
                               seconds_question: questionSeconds, seconds_decode: decodeSeconds,
                               kv_bytes: n > 0 ? bytes / n : 0, kv_bytes_full: n > 0 ? fullBytes / n : 0,
                               skipped: split.skipped.count, front_end: options.frontEndPath)
+        let yesNo = records.compactMap { $0 }.filter { EasyVQA.isYesNo($0.expected) }
+        let open = records.compactMap { $0 }.filter { !EasyVQA.isYesNo($0.expected) }
+        func accuracy(_ rs: [Record]) -> Double? { rs.isEmpty ? nil : Double(rs.filter(\.correct).count) / Double(rs.count) }
+        summary.accuracy_yes_no = accuracy(yesNo)
+        summary.accuracy_open = accuracy(open)
+        summary.n_yes_no = yesNo.count
         if options.constrainedLabels != nil { summary.constrained = true }
         if let ratio, n > 0 {
             summary.ratio = ratio

@@ -26,6 +26,12 @@ public final class FrontEndAlignment {
         public var clipNorm: Float = 1
         /// Also update the encoder, at `encoderLearningRateScale` x the projector's rate (0 = frozen encoder).
         public var encoderLearningRateScale: Float = 0
+        /// Sample each image's yes/no questions so that, for every question text, "yes" and "no" are equally likely
+        /// (`AnswerBalance`). Without it the decoder can score most yes/no questions from the text alone and never
+        /// learns to look at the image for them.
+        public var balanceYesNo = false
+        /// A trained front end to start from instead of a freshly calibrated projector (fine-tuning).
+        public var initFrom: String?
         public var evalEvery = 50
         public var evalQuestions = 300
         public var checkpointEvery = 25
@@ -36,6 +42,7 @@ public final class FrontEndAlignment {
             case steps, imagesPerStep = "images_per_step", questionsPerImage = "questions_per_image"
             case learningRate = "learning_rate", minLearningRate = "min_learning_rate", warmupSteps = "warmup_steps"
             case weightDecay = "weight_decay", clipNorm = "clip_norm", encoderLearningRateScale = "encoder_lr_scale"
+            case balanceYesNo = "balance_yes_no", initFrom = "init_from"
             case evalEvery = "eval_every", evalQuestions = "eval_questions", checkpointEvery = "checkpoint_every", seed
         }
     }
@@ -50,6 +57,9 @@ public final class FrontEndAlignment {
         public var rows: Int
         /// First-answer-token accuracy on the held-out questions, when evaluated at this step.
         public var evalAccuracy: Double?
+        /// The same on the held-out yes/no questions alone, and on the others.
+        public var evalYesNoAccuracy: Double?
+        public var evalOpenAccuracy: Double?
     }
 
     public let graph: LlamaGraph
@@ -62,6 +72,7 @@ public final class FrontEndAlignment {
     private let test: EasyVQASplit
     private let trainByImage: [Int: [EasyVQA.Question]]
     private let trainImageIDs: [Int]
+    private let balance: AnswerBalance
     private let prefixText: Tensor
     private let closeText: Tensor
 
@@ -77,6 +88,7 @@ public final class FrontEndAlignment {
         prompt = VisionPrompt(tokenizer: tokenizer)
         trainByImage = Dictionary(grouping: train.questions.filter { train.images.row(of: $0.imageID) != nil }, by: \.imageID)
         trainImageIDs = trainByImage.keys.sorted()
+        balance = AnswerBalance(train.questions)
         prefixText = graph.embed(prompt.userStart + prompt.imageOpen)
         closeText = graph.embed(prompt.imageClose)
     }
@@ -117,9 +129,12 @@ public final class FrontEndAlignment {
             var report = StepReport(step: step + 1, loss: lossValue, learningRate: Double(lr), gradNorm: Double(norm),
                                     seconds: Date().timeIntervalSince(t0), questions: batch.questions, rows: batch.input.shape[0])
             if (step + 1) % options.evalEvery == 0 || step + 1 == options.steps {
-                report.evalAccuracy = evaluateFirstToken(limit: options.evalQuestions)
-                log(String(format: "step %d: loss %.4f, held-out first-token accuracy %.3f", step + 1, lossValue,
-                           report.evalAccuracy!))
+                let eval = evaluateFirstToken(limit: options.evalQuestions)
+                report.evalAccuracy = eval.all
+                report.evalYesNoAccuracy = eval.yesNo
+                report.evalOpenAccuracy = eval.open
+                log(String(format: "step %d: loss %.4f, held-out first-token accuracy %.3f (yes/no %.3f, other %.3f)",
+                           step + 1, lossValue, eval.all, eval.yesNo, eval.open))
             }
             try appendMetrics(report)
             if (step + 1) % options.checkpointEvery == 0 || step + 1 == options.steps {
@@ -239,8 +254,12 @@ public final class FrontEndAlignment {
         var offset = 0, questions = 0
         for (b, id) in ids.enumerated() {
             var qs = trainByImage[id]!
-            rng.shuffle(&qs)
-            qs = Array(qs.prefix(options.questionsPerImage))
+            if options.balanceYesNo {
+                qs = balance.sample(qs, count: options.questionsPerImage, rng: &rng)
+            } else {
+                rng.shuffle(&qs)
+                qs = Array(qs.prefix(options.questionsPerImage))
+            }
             let image = imageTokens.slice(axis: 0, b..<(b + 1)).reshaped([perImage, graph.config.hiddenSize])
             pieces += [prefixText, image, closeText]
             let prefix = prefixText.shape[0] + perImage + closeText.shape[0]
@@ -286,14 +305,22 @@ public final class FrontEndAlignment {
 
     // MARK: Evaluation and logs
 
+    /// First-answer-token accuracy: overall, on the yes/no questions, and on the others.
+    public struct HeldOutAccuracy: Sendable {
+        public var all: Double
+        public var yesNo: Double
+        public var open: Double
+    }
+
     /// Fraction of `limit` held-out test questions (a fixed seeded subset) whose greedy first answer token is right.
-    public func evaluateFirstToken(limit: Int) -> Double {
+    public func evaluateFirstToken(limit: Int) -> HeldOutAccuracy {
         var qs = test.questions.filter { test.images.row(of: $0.imageID) != nil }
         var rng = SeededRandom(seed: 12345)
         rng.shuffle(&qs)
         qs = Array(qs.prefix(limit))
         let byImage = Dictionary(grouping: qs, by: \.imageID).sorted { $0.key < $1.key }
-        var correct = 0, total = 0
+        // [yes/no, other] x [correct, total]
+        var counts = [[0, 0], [0, 0]]
         Tensor.withNoGrad {
             for chunk in stride(from: 0, to: byImage.count, by: 16) {
                 let part = byImage[chunk..<min(chunk + 16, byImage.count)]
@@ -305,6 +332,7 @@ public final class FrontEndAlignment {
                 }
                 let tokens = frontEnd(pixels)
                 var pieces: [Tensor] = [], groups: [LlamaGraph.Packing.Group] = [], rows: [Int] = [], expected: [Int] = []
+                var kinds: [Int] = []
                 var offset = 0
                 for (b, entry) in part.enumerated() {
                     let image = tokens.slice(axis: 0, b..<(b + 1)).reshaped([frontEnd.tokensPerImage, graph.config.hiddenSize])
@@ -318,6 +346,7 @@ public final class FrontEndAlignment {
                         offset += ids.count
                         rows.append(offset - 1)
                         expected.append(prompt.answer(q.answer, tokenizer: tokenizer)[0])
+                        kinds.append(q.isYesNo ? 0 : 1)
                         suffixes.append(ids.count)
                     }
                     groups.append(.init(prefix: prefix, suffixes: suffixes))
@@ -328,12 +357,14 @@ public final class FrontEndAlignment {
                     let row = logits.data + r * vocab
                     var best = 0
                     for j in 1..<vocab where row[j] > row[best] { best = j }
-                    if best == want { correct += 1 }
-                    total += 1
+                    counts[kinds[r]][0] += best == want ? 1 : 0
+                    counts[kinds[r]][1] += 1
                 }
             }
         }
-        return total > 0 ? Double(correct) / Double(total) : 0
+        func rate(_ c: Int, _ n: Int) -> Double { n > 0 ? Double(c) / Double(n) : 0 }
+        return HeldOutAccuracy(all: rate(counts[0][0] + counts[1][0], counts[0][1] + counts[1][1]),
+                               yesNo: rate(counts[0][0], counts[0][1]), open: rate(counts[1][0], counts[1][1]))
     }
 
     /// Drops metric lines of steps after the checkpoint, which the resumed run repeats.

@@ -55,6 +55,8 @@ public struct FrontEndRecipe {
             alignment.weightDecay = Float(try a.double("weight_decay", default: Double(alignment.weightDecay), range: 0...1))
             alignment.clipNorm = Float(try a.double("clip_norm", default: Double(alignment.clipNorm), range: 1e-6...1e6))
             alignment.encoderLearningRateScale = Float(try a.double("encoder_lr_scale", default: 0, range: 0...10))
+            alignment.balanceYesNo = try a.bool("balance_yes_no", default: false)
+            alignment.initFrom = a.has("init_from") ? try a.string("init_from") : nil
             alignment.evalEvery = try a.int("eval_every", default: alignment.evalEvery, range: 1...1_000_000)
             alignment.evalQuestions = try a.int("eval_questions", default: alignment.evalQuestions, range: 1...100_000)
             alignment.checkpointEvery = try a.int("checkpoint_every", default: alignment.checkpointEvery, range: 1...1_000_000)
@@ -80,14 +82,22 @@ public struct FrontEndRecipe {
         let tokenizer = try BPETokenizer.fromGGUF(file)
         let dataset = try EasyVQA()
         let train = try dataset.load(.train), test = try dataset.load(.test)
-        var rng = SeededRandom(seed: seed &+ 2)
-        let projector = Projector(inputDim: encoder.config.tokenDim, hiddenDim: projectorHidden,
-                                  outputDim: graph.config.hiddenSize, rng: &rng)
-        let frontEnd = FrontEnd(encoder: encoder, projector: projector, backboneFingerprint: fingerprint)
-        // Start projected tokens at the mean norm of the decoder's token embeddings.
-        let sample = Tensor.withNoGrad { encoder(encoder.pixelTensor((0..<16).map { train.images.image(row: $0) })).tokens }
-        projector.calibrate(on: sample, targetNorm: meanRowNorm(graph.tokenEmbedding))
-        log(String(format: "stage 2: aligning the projector through the frozen decoder (output scale %.3f)", projector.outputScale))
+        let frontEnd: FrontEnd
+        if let start = alignment.initFrom {
+            // Fine-tuning a trained front end: its encoder and projector replace stage 1's and the fresh projector.
+            frontEnd = try FrontEnd.load(from: start, expectingBackbone: fingerprint)
+            log("stage 2: fine-tuning \(start) through the frozen decoder")
+        } else {
+            var rng = SeededRandom(seed: seed &+ 2)
+            let projector = Projector(inputDim: encoder.config.tokenDim, hiddenDim: projectorHidden,
+                                      outputDim: graph.config.hiddenSize, rng: &rng)
+            frontEnd = FrontEnd(encoder: encoder, projector: projector, backboneFingerprint: fingerprint)
+            // Start projected tokens at the mean norm of the decoder's token embeddings.
+            let sample = Tensor.withNoGrad { encoder(encoder.pixelTensor((0..<16).map { train.images.image(row: $0) })).tokens }
+            projector.calibrate(on: sample, targetNorm: meanRowNorm(graph.tokenEmbedding))
+            log(String(format: "stage 2: aligning the projector through the frozen decoder (output scale %.3f)",
+                       projector.outputScale))
+        }
         let trainer = FrontEndAlignment(graph: graph, tokenizer: tokenizer, frontEnd: frontEnd, train: train, test: test,
                                         options: alignment, runDirectory: runDirectory)
         try trainer.run(log: log)

@@ -23,6 +23,12 @@ final class EasyVQATests: XCTestCase {
             XCTAssertEqual(loaded.images.image(row: row), try Image.load(path: dataset.imagePath(split, id: id)))
             XCTAssertEqual(loaded.questions.filter { $0.answer == "yes" || $0.answer == "no" }.count,
                            split == .train ? 28_407 : 7136)
+            // The kinds `kvc-eval --answer-kind` asks partition the split, in file order.
+            let yesNo = loaded.questions(.yesNo).questions, open = loaded.questions(.open).questions
+            XCTAssertEqual(yesNo.count, split == .train ? 28_407 : 7136)
+            XCTAssertEqual(yesNo.count + open.count, loaded.questions.count)
+            XCTAssertTrue(open.allSatisfy { !$0.isYesNo } && yesNo.allSatisfy(\.isYesNo))
+            XCTAssertEqual(open.first, loaded.questions.first { !$0.isYesNo })
         }
         let first = try dataset.questions(.train).questions[0]
         XCTAssertEqual(first, EasyVQA.Question(text: "what is the blue shape?", answer: "rectangle",

@@ -15,8 +15,11 @@ struct KVCEval: ParsableCommand {
         discussion: """
             kvc-eval --task easy-vqa --split test --limit 300 --answers runs/eval/answers.jsonl
             kvc-eval --task easy-vqa --split test --blind --json     (blind baseline: no image tokens)
+            kvc-eval --answer-kind open --adapter checkpoints/capsule-r0.6.kvcap --json   (shape/colour questions only)
             Prints one summary line; with --json it is JSON:
             {"task":"easy-vqa","split":"test","n":...,"accuracy":...,"cache":"full","questions_per_second":...,...}
+            accuracy_yes_no / accuracy_open: the yes/no questions (74% of easy-VQA, largely answerable from the text
+            alone) and the others (shape and colour names, which only the image tokens answer);
             kv_bytes / kv_bytes_full: mean bytes the cache / a full float16 cache held at the end of a question;
             seconds_*: where the time went (front end, image prefixes, question prefills, decoding);
             skipped: dataset entries that could not be used (each is listed on stderr).
@@ -61,11 +64,16 @@ struct KVCEval: ParsableCommand {
     @Option(help: "Seed of the multi-image grouping and of the random baseline.") var seed: UInt64 = 0
     @Option(name: .customLong("questions-per-image"), help: "Questions asked per image (default: all for 1 image, 1 for more).")
     var questionsPerImage: Int?
+    @Option(name: .customLong("answer-kind"), help: "Ask only these questions: all, yes-no, or open (shape and colour names: the ones whose answers depend on the image tokens most; yes/no ones are largely answerable from the text).")
+    var answerKind = "all"
 
     func validate() throws {
         if task != "easy-vqa" { throw ValidationError("--task: only 'easy-vqa' is supported, not '\(task)'") }
         if EasyVQA.Split(rawValue: split) == nil { throw ValidationError("--split must be 'train' or 'test', not '\(split)'") }
         if let limit, limit < 1 { throw ValidationError("--limit must be >= 1") }
+        if EasyVQASplit.AnswerKind(rawValue: answerKind) == nil {
+            throw ValidationError("--answer-kind must be one of \(EasyVQASplit.AnswerKind.allCases.map(\.rawValue).joined(separator: ", ")), not '\(answerKind)'")
+        }
         if let threads, threads < 1 { throw ValidationError("--threads must be >= 1") }
         if let method, !MethodCatalog.names.contains(method) {
             throw ValidationError("--method must be one of \(MethodCatalog.names.joined(separator: ", ")), not '\(method)'")
@@ -90,6 +98,7 @@ struct KVCEval: ParsableCommand {
             if let threads { vlm.backbone.model.threads = threads }
             let dataset = try EasyVQA(root: data ?? Assets.easyVQA)
             let loaded = try dataset.load(EasyVQA.Split(rawValue: split)!, progress: !quiet)
+                .questions(EasyVQASplit.AnswerKind(rawValue: answerKind)!)
             for entry in loaded.skipped { FileHandle.standardError.write(Data("kvc-eval: skipped \(entry)\n".utf8)) }
             if method != nil || images != nil {
                 try compare(vlm, loaded)
@@ -167,9 +176,11 @@ struct KVCEval: ParsableCommand {
         if json {
             print(try jsonLine(s))
         } else {
-            print(String(format: "easy-vqa %@%@: accuracy %.4f on %d questions (cache %@), %.2f questions/s, "
+            let kinds = [("yes/no", s.accuracy_yes_no), ("shape/colour", s.accuracy_open)]
+                .compactMap { name, a in a.map { String(format: "%@ %.4f", name, $0) } }.joined(separator: ", ")
+            print(String(format: "easy-vqa %@%@: accuracy %.4f on %d questions (%@; cache %@), %.2f questions/s, "
                          + "kv %d bytes (full %d), %d skipped", s.split, s.blind ? " (blind)" : "", s.accuracy, s.n,
-                         s.cache, s.questions_per_second, s.kv_bytes, s.kv_bytes_full, s.skipped))
+                         kinds, s.cache, s.questions_per_second, s.kv_bytes, s.kv_bytes_full, s.skipped))
         }
     }
 }
