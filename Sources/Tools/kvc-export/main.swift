@@ -9,8 +9,8 @@ struct KVCExport: ParsableCommand {
         commandName: "kvc-export",
         abstract: "Export a capsule training run (RUN_DIR/adapter.safetensors) as a .kvcap adapter.",
         discussion: """
-        The .kvcap file holds the recipe, the ratio and its key/value split, the retention policy, the backbone \
-        fingerprint and shapes, and the reconstructor tensors in float16, byte-shuffled and zstd-compressed, with a \
+        The .kvcap file holds the recipe, the ratio and its key/value split, the retention policy (and, when the \
+        recipe chose them, the per-layer settings), the backbone fingerprint and shapes, and the reconstructor tensors in float16, byte-shuffled and zstd-compressed, with a \
         checksum. The written file is read back and verified before the command succeeds.
         """)
 
@@ -24,7 +24,13 @@ struct KVCExport: ParsableCommand {
         _ = try CapsuleAdapter.load(path: output)
         let raw = (try FileManager.default.attributesOfItem(atPath: checkpoint)[.size] as? NSNumber)?.intValue ?? 0
         let packed = (try FileManager.default.attributesOfItem(atPath: output)[.size] as? NSNumber)?.intValue ?? 0
-        print("\(output): ratio \(adapter.settings.budget.ratio) (keys \(adapter.settings.budget.keyRatio)), "
+        let s = adapter.settings
+        let perLayer = s.layers.map { l in
+            let ratios = l.map { String(format: "%.2f", $0.budget.ratio) }
+            return ", per layer: ratios " + ratios.joined(separator: " ") + "; policies "
+                + l.map { String($0.policy.rawValue.prefix(1)) }.joined() + "; keys " + l.map { String($0.reconstructor.rawValue.prefix(1)) }.joined()
+        } ?? ""
+        print("\(output): ratio \(s.budget.ratio) (keys \(s.budget.keyRatio)), retention \(s.policy.rawValue)\(perLayer), "
               + "\(packed) bytes (\(raw) uncompressed), verified")
     }
 }

@@ -17,7 +17,9 @@ struct KVCTrain: ParsableCommand {
         through the frozen SmolLM2 decoder on easy-VQA). Example: recipes/frontend-easyvqa.yaml.
           capsule    a KVCapsule adapter for one compression ratio, on caches from kvc-collect: the linear key map in \
         closed form, and with `reconstructor.kind: mlp` the key MLP trained layer by layer (checkpoint after each \
-        layer). Examples: recipes/capsule-r0.4.yaml, capsule-r0.6.yaml, capsule-r0.8.yaml.
+        layer). Examples: recipes/capsule-r0.4.yaml, capsule-r0.6.yaml, capsule-r0.8.yaml; `retention: scored` \
+        (capsule-r0.8-scored.yaml) keeps the keys the question attends to most; a `layers:` section sets the budget, \
+        retention and reconstructor per layer range (capsule-r0.8-layers.yaml).
         Unknown keys and out-of-range values are errors naming the key. Progress (steps/s, ETA) goes to stderr, \
         metrics to RUN_DIR/metrics.jsonl, checkpoints to RUN_DIR every `checkpoint_every` steps.
         """)
