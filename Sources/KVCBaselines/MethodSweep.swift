@@ -14,6 +14,8 @@ public struct MethodSweep {
         public var limit: Int? = 200
         public var seed: UInt64 = 0
         public var questionsPerImage: Int?
+        /// Ask only these questions (the task name says which).
+        public var answerKind = EasyVQASplit.AnswerKind.all
         /// Capsule adapter per ratio; `{ratio}` becomes the ratio as in `0.6`. Ratios without a file are skipped.
         public var adapterPattern = "checkpoints/capsule-r{ratio}.kvcap"
         public var progress = true
@@ -62,7 +64,7 @@ public struct MethodSweep {
         var plan: [(images: Int, task: MultiImageTask, methods: [CacheMethod])] = []
         for k in options.images {
             let task = try MultiImageTask(split: split, images: k, limit: options.limit, seed: options.seed,
-                                          questionsPerImage: options.questionsPerImage)
+                                          questionsPerImage: options.questionsPerImage, answerKind: options.answerKind)
             var methods: [CacheMethod] = [], seen = Set<LineKey>()
             for name in options.methods {
                 let fixed = name == "full" || (BaselineMethod(rawValue: name)?.hasFixedRatio ?? false)

@@ -25,8 +25,12 @@ public struct MultiImageTask: Sendable {
 
     public let images: Int
     public let prompts: [Prompt]
+    /// The kind of questions asked (`EasyVQASplit.AnswerKind`); anything but `.all` is named in the task.
+    public let answerKind: EasyVQASplit.AnswerKind
 
-    public var name: String { images == 1 ? "easy-vqa" : "easy-vqa-multi" }
+    public var name: String {
+        (images == 1 ? "easy-vqa" : "easy-vqa-multi") + (answerKind == .all ? "" : "-\(answerKind.rawValue)")
+    }
     public var questionCount: Int { prompts.reduce(0) { $0 + $1.questions.count } }
 
     /// How a question names its image.
@@ -38,11 +42,14 @@ public struct MultiImageTask: Sendable {
     ///   - limit: at most this many questions in all (nil: every question of every complete group).
     ///   - questionsPerImage: at most this many per image (nil: all; default 1 when K > 1 so that a fixed number of
     ///     questions spans more prompts).
-    public init(split: EasyVQASplit, images k: Int, limit: Int? = nil, seed: UInt64 = 0, questionsPerImage: Int? = nil) throws {
+    ///   - answerKind: ask only these questions (images without one are left out).
+    public init(split: EasyVQASplit, images k: Int, limit: Int? = nil, seed: UInt64 = 0, questionsPerImage: Int? = nil,
+                answerKind: EasyVQASplit.AnswerKind = .all) throws {
         guard k >= 1 else { throw KVCError("multi-image task: --images must be >= 1, not \(k)") }
         images = k
+        self.answerKind = answerKind
         var order: [Int] = [], byImage: [Int: [EasyVQA.Question]] = [:]
-        for q in split.questions where split.images.row(of: q.imageID) != nil {
+        for q in split.questions(answerKind).questions where split.images.row(of: q.imageID) != nil {
             if byImage[q.imageID] == nil { order.append(q.imageID) }
             byImage[q.imageID, default: []].append(q)
         }

@@ -77,6 +77,10 @@ final class MethodEvaluationTests: XCTestCase {
         let single = try MultiImageTask(split: split, images: 1, limit: 5)
         XCTAssertEqual(single.prompts.flatMap { $0.questions.map(\.original) }, split.questions.prefix(5).map(\.text),
                        "one image: easy-VQA's questions in file order, unchanged")
+        let open = try MultiImageTask(split: split, images: 4, limit: 12, seed: 7, answerKind: .open)
+        XCTAssertEqual(open.name, "easy-vqa-multi-open")
+        XCTAssertEqual(open.questionCount, 12)
+        XCTAssertTrue(open.prompts.allSatisfy { $0.questions.allSatisfy { !EasyVQA.isYesNo($0.expected) } })
         // A 4-image prompt puts four grids in the prefix, and the K=4 evaluation runs (one question, fast).
         let one = try MultiImageTask(split: split, images: 4, limit: 1, seed: 7)
         let evaluation = CacheFidelityEvaluation(model: vlm, task: one, split: split)

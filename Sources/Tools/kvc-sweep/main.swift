@@ -11,8 +11,10 @@ struct KVCSweep: ParsableCommand {
         abstract: "Evaluate cache methods x ratios x images per prompt against the full cache; one JSONL line each.",
         discussion: """
             kvc-sweep --ratios 0.6,0.8 --images 1,4 --limit 200 -o checkpoints/results/sweep.jsonl
+            kvc-sweep --answer-kind open --limit 300 -o checkpoints/results/sweep-open.jsonl
             Each line (keys sorted): method, ratio (nominal; int8/int4 at their own fixed ratio, full 0),
-            ratio_measured (1 - kv_bytes_vision / kv_bytes_vision_full), images, task (easy-vqa | easy-vqa-multi),
+            ratio_measured (1 - kv_bytes_vision / kv_bytes_vision_full), images, task (easy-vqa | easy-vqa-multi, with
+            -open / -yes-no appended under --answer-kind),
             split, n, accuracy, accuracy_full, agreement (greedy answer equal to the full cache's), top1_agreement and
             kl (first answer token's next-token distribution vs the full cache's), attn_rel_error (per layer: relative
             error of the last question token's attention output), kv_bytes, kv_bytes_full, kv_bytes_vision,
@@ -31,6 +33,8 @@ struct KVCSweep: ParsableCommand {
     @Option(help: "Seed of the multi-image grouping and of the random baseline.") var seed: UInt64 = 0
     @Option(name: .customLong("questions-per-image"), help: "Questions per image (default: all for 1 image, 1 for more).")
     var questionsPerImage: Int?
+    @Option(name: .customLong("answer-kind"), help: "Ask only these questions: all, yes-no, or open (shape and colour names, which only the image tokens answer); the task name in the results says which.")
+    var answerKind = "all"
     @Option(name: .customLong("front-end"), help: "Front-end checkpoint.") var frontEnd = "checkpoints/frontend-easyvqa.safetensors"
     @Option(help: "GGUF model file (default: the project's SmolLM2 asset).") var model: String?
     @Option(help: "easy-VQA directory (default: the project's asset).") var data: String?
@@ -50,6 +54,9 @@ struct KVCSweep: ParsableCommand {
         if limit < 1 { throw ValidationError("--limit must be >= 1") }
         if EasyVQA.Split(rawValue: split) == nil { throw ValidationError("--split must be 'train' or 'test', not '\(split)'") }
         if let threads, threads < 1 { throw ValidationError("--threads must be >= 1") }
+        if EasyVQASplit.AnswerKind(rawValue: answerKind) == nil {
+            throw ValidationError("--answer-kind must be one of \(EasyVQASplit.AnswerKind.allCases.map(\.rawValue).joined(separator: ", ")), not '\(answerKind)'")
+        }
     }
 
     func run() throws {
@@ -66,6 +73,7 @@ struct KVCSweep: ParsableCommand {
             options.limit = limit
             options.seed = seed
             options.questionsPerImage = questionsPerImage
+            options.answerKind = EasyVQASplit.AnswerKind(rawValue: answerKind)!
             options.adapterPattern = adapters
             options.progress = !quiet
             let directory = (output as NSString).deletingLastPathComponent
