@@ -260,9 +260,11 @@ public final class CapsuleCache: KVCache {
     public func withLayer<R>(_ layer: Int, _ body: (KVLayerView) throws -> R) rethrows -> R {
         let positionsOfText = storePositions[layer]
         guard let capsule, let compressed = capsule.layers[layer] else {
+            // Not compressed (yet): the layer's own entries; positions matter once a compressed layer exists, and an
+            // empty store has none (nil base address).
             return try positionsOfText.withUnsafeBufferPointer { p in
                 try stores[layer].withLayer(0) { view in
-                    try body(KVLayerView(storage: view.storage, count: view.count, headStride: view.headStride, positions: p.baseAddress!))
+                    try body(KVLayerView(storage: view.storage, count: view.count, headStride: view.headStride, positions: p.baseAddress))
                 }
             }
         }

@@ -108,7 +108,9 @@ extension CapsuleCache: FusedAttentionCache {
         // A scored layer waits for the question: its first queries after the vision span choose what it keeps.
         if let c = capsule, c.layers[layer] == nil, let last = c.positions.last, Int(last) < firstPosition,
            headCount % kvHeadCount == 0 {
-            do { try compressLayer(layer, queries: queries, rows: t, headCount: headCount) } catch { return false }
+            // compress() checked every vision position is held, so this cannot fail; if it did, the layer would
+            // stay whole and be read densely, exact but uncompressed.
+            try? compressLayer(layer, queries: queries, rows: t, headCount: headCount)
         }
         // The trained MLP residual is evaluated by the dense rebuild only: fused attention takes the linear part.
         guard settings.mode == .fused, settings.keyResidual == nil, let capsule, let compressed = capsule.layers[layer],
