@@ -26,6 +26,10 @@ public struct EasyVQAEvaluation {
         /// Answer with the best of these labels (the data set's answers) at the first answer step
         /// (`ConstrainedAnswer`) instead of free greedy generation: the meaningful blind baseline. Nil: greedy.
         public var constrainedLabels: [String]?
+        /// Prefill each image's prefix afresh for every question instead of sharing it: for caches whose compression
+        /// depends on the question (a capsule with score-based retention compresses with the question's queries, so a
+        /// shared prefix would keep the first question's choice for all).
+        public var prefixPerQuestion = false
         public init() {}
     }
 
@@ -123,10 +127,15 @@ public struct EasyVQAEvaluation {
             let embeddings = options.blind ? ids.map { _ in [Float]() } : model.frontEnd.embed(images)
             frontEndSeconds += elapsed(t0)
             for (id, embedding) in zip(ids, embeddings) {
-                let prefilled = try model.prefill(imageEmbeddings: embedding.isEmpty ? [] : [embedding],
-                                                  cache: makeCache(), afterPrefill: afterPrefill)
-                prefixSeconds += prefilled.timing.prefillSeconds
-                for i in byImage[id]! {
+                func prefillImage() throws -> VisionLanguageModel.PrefilledPrefix {
+                    let prefilled = try model.prefill(imageEmbeddings: embedding.isEmpty ? [] : [embedding],
+                                                      cache: makeCache(), afterPrefill: afterPrefill)
+                    prefixSeconds += prefilled.timing.prefillSeconds
+                    return prefilled
+                }
+                var prefilled = try prefillImage()
+                for (k, i) in byImage[id]!.enumerated() {
+                    if k > 0 && options.prefixPerQuestion { prefilled = try prefillImage() }
                     let q = questions[i]
                     let text: String
                     if let scorer {

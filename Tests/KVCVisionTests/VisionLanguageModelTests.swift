@@ -98,6 +98,14 @@ final class VisionLanguageModelTests: XCTestCase {
         let result = try EasyVQAEvaluation(model: vlm, options: options).run(test)
         XCTAssertEqual(result.records.count, options.limit)
         XCTAssertGreaterThan(Set(result.records.map(\.image)).count, 1, "the questions should span several images")
+
+        // A prefix per question (for question-aware caches): one fresh cache per question, the same answers.
+        options.prefixPerQuestion = true
+        var perQuestion = EasyVQAEvaluation(model: vlm, options: options)
+        var caches = 0
+        perQuestion.makeCache = { caches += 1; return vlm.backbone.model.makeCache() }
+        XCTAssertEqual(try perQuestion.run(test).records, result.records)
+        XCTAssertEqual(caches, options.limit)
         for (record, q) in zip(result.records, test.questions) {
             let image = test.images.image(row: test.images.row(of: q.imageID)!)
             let fresh = try vlm.answer(images: [image], question: q.text)

@@ -118,6 +118,7 @@ struct KVCEval: ParsableCommand {
                 let config = vlm.backbone.model.config, rope = vlm.backbone.model.rope
                 var settings = try CapsuleAdapter.load(path: adapter, config: config, fingerprint: fingerprint).settings
                 if let capsuleMode { settings.mode = CapsuleAttentionMode(rawValue: capsuleMode)! }
+                evaluation.options.prefixPerQuestion = settings.isQuestionAware
                 evaluation.options.cacheName = "capsule"
                 evaluation.makeCache = { CapsuleCache(config: config, rope: rope, settings: settings) }
                 evaluation.afterPrefill = { cache, prefix in
