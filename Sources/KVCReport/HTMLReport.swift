@@ -27,7 +27,7 @@ public struct HTMLReport {
                                     points: compressed.filter { $0.method == method }.map { (x: $0.ratio, y: $0.accuracy) },
                                     emphasis: method == "capsule"))
             }
-            charts.append(("accuracy-vs-ratio-k\(table.images)",
+            charts.append(("accuracy-vs-ratio-\(table.chartKey)",
                            SVGChart(title: "Accuracy vs compression ratio (\(table.title))", xLabel: "compression ratio r (vision span)",
                                     yLabel: "accuracy", series: series)))
             // Attention-output error per layer at the most common ratio.
@@ -36,7 +36,7 @@ public struct HTMLReport {
                 let layerSeries = withLayers.filter { $0.ratio == ratio }.map { r in
                     SVGChart.Series(label: r.method, points: r.attentionRelativeError.enumerated().map { (Double($0), $1) })
                 }
-                charts.append(("attention-error-k\(table.images)",
+                charts.append(("attention-error-\(table.chartKey)",
                                SVGChart(title: "Attention output error per layer, r = \(SVGChart.format(ratio)) (\(table.title))",
                                         xLabel: "layer", yLabel: "relative error vs full cache", series: layerSeries)))
             }
@@ -87,7 +87,7 @@ public struct HTMLReport {
                 body += "<ul class=\"verdicts\">" + verdicts.map { "<li>\(escapeXML($0))</li>" }.joined() + "</ul>\n"
             }
             body += table.html()
-            for name in ["accuracy-vs-ratio-k\(table.images)", "attention-error-k\(table.images)"] {
+            for name in ["accuracy-vs-ratio-\(table.chartKey)", "attention-error-\(table.chartKey)"] {
                 if let chart = charts[name] { body += "<figure>\(chart.render())</figure>\n" }
             }
         }

@@ -68,6 +68,13 @@ public struct ComparisonTable {
 
     public var title: String { "\(task), \(images) image\(images == 1 ? "" : "s") per prompt" }
 
+    /// Names this table's plots apart from other tables': `k4`, or `k1-open` for a task restricted to one answer kind
+    /// (`easy-vqa-open`, `easy-vqa-multi-open`).
+    public var chartKey: String {
+        let kind = ["-open", "-yes-no"].first { task.hasSuffix($0) } ?? ""
+        return "k\(images)\(kind)"
+    }
+
     public func markdown() -> String {
         var s = "| " + Self.columns.joined(separator: " | ") + " |\n"
         s += "|" + String(repeating: "---|", count: Self.columns.count) + "\n"

@@ -21,9 +21,9 @@ final class ReportTests: XCTestCase {
         return path
     }
 
-    private func line(_ method: String, ratio: Double, accuracy: Double, images: Int = 1) -> String {
+    private func line(_ method: String, ratio: Double, accuracy: Double, images: Int = 1, task: String = "easy-vqa") -> String {
         """
-        {"method":"\(method)","ratio":\(ratio),"images":\(images),"task":"easy-vqa","split":"test","n":200,\
+        {"method":"\(method)","ratio":\(ratio),"images":\(images),"task":"\(task)","split":"test","n":200,\
         "accuracy":\(accuracy),"accuracy_full":0.9,"agreement":0.95,"top1_agreement":0.97,"kl":0.01,\
         "attn_rel_error":[0.1,0.2,0.3],"kv_bytes":1000,"kv_bytes_full":2000,"kv_bytes_vision":400,"kv_bytes_vision_full":1000}
         """
@@ -50,6 +50,18 @@ final class ReportTests: XCTestCase {
         XCTAssertTrue(verdicts[0].contains("beats every eviction baseline") && verdicts[0].contains("h2o"), verdicts[0])
         XCTAssertTrue(verdicts[1].contains("snapkv (75.0%) matches or beats KVCapsule (70.0%)"), verdicts[1])
         XCTAssertTrue(single.markdown().contains("| capsule | 0.6 |"))
+    }
+
+    func testTablesOfOneAnswerKindGetTheirOwnPlots() throws {
+        let sweep = try write("sweep.jsonl", [
+            line("full", ratio: 0, accuracy: 0.9), line("capsule", ratio: 0.6, accuracy: 0.88),
+            line("full", ratio: 0, accuracy: 0.99, task: "easy-vqa-open"),
+            line("capsule", ratio: 0.6, accuracy: 0.98, task: "easy-vqa-open"),
+        ].joined(separator: "\n"))
+        let report = HTMLReport(inputs: try ReportInputs.load(paths: [sweep]))
+        XCTAssertEqual(report.charts().map(\.name), ["accuracy-vs-ratio-k1", "attention-error-k1",
+                                                     "accuracy-vs-ratio-k1-open", "attention-error-k1-open"])
+        XCTAssertEqual(report.render().components(separatedBy: "<figure>").count - 1, 4, "each table shows its own two plots")
     }
 
     func testReportIsWellFormedAndSelfContained() throws {
