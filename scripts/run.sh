@@ -50,10 +50,11 @@ for r in rows:
 PY
 
 if [ "$SWEEP_QUESTIONS" -gt 0 ]; then
-  echo "== 5/5 the capsule next to SnapKV eviction and key+value PCA at the same bytes ($SWEEP_QUESTIONS questions), report"
+  # Shape/colour questions only: the front end answers yes/no ones from the text, whatever the cache holds.
+  echo "== 5/5 the capsule next to SnapKV eviction and key+value PCA at the same bytes ($SWEEP_QUESTIONS shape/colour questions), report"
   rm -f "$OUT/sweep.jsonl"
   $BIN/kvc-sweep --methods full,capsule,snapkv,pca --ratios "$RATIO" --images 1 --limit "$SWEEP_QUESTIONS" \
-    --front-end "$FRONT_END" --adapters "$OUT/capsule-r{ratio}.kvcap" -o "$OUT/sweep.jsonl" --quiet
+    --answer-kind open --front-end "$FRONT_END" --adapters "$OUT/capsule-r{ratio}.kvcap" -o "$OUT/sweep.jsonl" --quiet
   $BIN/kvc-report "$OUT/sweep.jsonl" -o "$OUT/report.html" --markdown "$OUT/report.md" > /dev/null
   echo; cat "$OUT/report.md"; echo; echo "report: $OUT/report.html"
 fi
