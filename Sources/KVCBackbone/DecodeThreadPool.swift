@@ -8,7 +8,7 @@ import Synchronization
 /// costs about as much as a job, so two threads decoded only 17% faster than one (119 vs 102 tok/s). Here workers
 /// spin on an atomic job counter between jobs, as ggml's thread pool does, and park on a condition variable only
 /// after `spinLimit` idle polls, so a process that stops decoding does not burn a core.
-final class DecodeThreadPool: @unchecked Sendable {
+public final class DecodeThreadPool: @unchecked Sendable {
     /// Threads taking part in a job, the caller included.
     let threadCount: Int
 
@@ -35,7 +35,7 @@ final class DecodeThreadPool: @unchecked Sendable {
     nonisolated(unsafe) private static var pools: [Int: DecodeThreadPool] = [:]
 
     /// The process-wide pool for `threads` threads (created on first use; its workers live as long as the process).
-    static func shared(threads: Int) -> DecodeThreadPool {
+    public static func shared(threads: Int) -> DecodeThreadPool {
         lock.lock()
         defer { lock.unlock() }
         if let pool = pools[threads] { return pool }
@@ -55,7 +55,7 @@ final class DecodeThreadPool: @unchecked Sendable {
 
     /// Runs `body(0..<chunks)` across the pool's threads, chunks handed out dynamically (a descheduled thread's share is
     /// taken by the others), and returns when all are done.
-    func run(chunks: Int, _ body: (Int) -> Void) {
+    public func run(chunks: Int, _ body: (Int) -> Void) {
         // A second caller (another thread's forward pass, or a job that nests) runs its chunks itself.
         guard threadCount > 1, chunks > 1,
               busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged else {

@@ -149,7 +149,8 @@ extension CapsuleCache: FusedAttentionCache {
             }
             let entries = textCount + heads[0].layout.retainedSpan.count + 4 * heads[0].layout.droppedCount
             if threads > 1 && t * entries * headCount * headDim > 200_000 {
-                DispatchQueue.concurrentPerform(iterations: kvHeadCount, execute: perform)
+                // The backbone's spinning pool, not GCD: waking GCD workers every layer costs more than a head's work.
+                DecodeThreadPool.shared(threads: threads).run(chunks: kvHeadCount, perform)
             } else {
                 for h in 0..<kvHeadCount { perform(h) }
             }

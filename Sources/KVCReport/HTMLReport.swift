@@ -32,7 +32,9 @@ public struct HTMLReport {
                                     yLabel: "accuracy", series: series)))
             // Attention-output error per layer at the most common ratio.
             let withLayers = records.filter { !$0.attentionRelativeError.isEmpty && $0.method != "full" }
-            if let ratio = Dictionary(grouping: withLayers, by: \.ratio).max(by: { $0.value.count < $1.value.count })?.key {
+            // Ties go to the lower ratio, so the page is the same on every run (dictionary order is not).
+            if let ratio = Dictionary(grouping: withLayers, by: \.ratio)
+                .max(by: { ($0.value.count, $1.key) < ($1.value.count, $0.key) })?.key {
                 let layerSeries = withLayers.filter { $0.ratio == ratio }.map { r in
                     SVGChart.Series(label: r.method, points: r.attentionRelativeError.enumerated().map { (Double($0), $1) })
                 }
