@@ -133,20 +133,6 @@ enum BlockMatMat {
         }
     }
 
-    @inline(__always)
-    private static func half(_ p: UnsafeRawPointer, _ offset: Int = 0) -> Float {
-        Float(Float16(bitPattern: UInt16(littleEndian: p.loadUnaligned(fromByteOffset: offset, as: UInt16.self))))
-    }
-
-    /// One widened 32-weight block times 32 elements of x, in `BlockMatVec`'s order (multiply, then three multiply-adds).
-    @inline(__always)
-    private static func dot(_ q0: __m256, _ q1: __m256, _ q2: __m256, _ q3: __m256, _ xb: UnsafePointer<Float>) -> __m256 {
-        var s = _mm256_mul_ps(q0, _mm256_loadu_ps(xb))
-        s = _mm256_fmadd_ps(q1, _mm256_loadu_ps(xb + 8), s)
-        s = _mm256_fmadd_ps(q2, _mm256_loadu_ps(xb + 16), s)
-        return _mm256_fmadd_ps(q3, _mm256_loadu_ps(xb + 24), s)
-    }
-
     /// `BlockMatVec.q4` for the `active` (1...4) vectors of a tile: the block is widened once, then each vector takes
     /// its four multiply-adds. `active` is a literal at every call (`Tile.dispatch`), so unused accumulators vanish.
     @inline(__always)
@@ -158,28 +144,22 @@ enum BlockMatMat {
             var a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps()
             var o0: Float = 0, o1: Float = 0, o2: Float = 0, o3: Float = 0
             for b in 0..<blocks {
-                let d = half(p)
-                let m = hasMin ? half(p, 2) : -8 * d
-                let packed = (p + (hasMin ? 4 : 2)).loadUnaligned(as: __m128i.self)
-                let low = _mm_and_si128(packed, nibble)
-                let high = _mm_and_si128(_mm_srli_epi16(packed, 4), nibble)
-                let q0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(low))
-                let q1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(low, low)))
-                let q2 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(high))
-                let q3 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(high, high)))
+                let d = GGMLBlock.half(p)
+                let m = hasMin ? GGMLBlock.half(p, 2) : -8 * d
+                let q = WidenedBlock.q4(p, hasMin: hasMin, nibble: nibble)
                 let dv = _mm256_set1_ps(d)
-                a0 = _mm256_fmadd_ps(dv, dot(q0, q1, q2, q3, t.x0 + b * 32), a0)
+                a0 = _mm256_fmadd_ps(dv, q.dot(t.x0 + b * 32), a0)
                 o0 += m * t.s0[b]
                 if active > 1 {
-                    a1 = _mm256_fmadd_ps(dv, dot(q0, q1, q2, q3, t.x1 + b * 32), a1)
+                    a1 = _mm256_fmadd_ps(dv, q.dot(t.x1 + b * 32), a1)
                     o1 += m * t.s1[b]
                 }
                 if active > 2 {
-                    a2 = _mm256_fmadd_ps(dv, dot(q0, q1, q2, q3, t.x2 + b * 32), a2)
+                    a2 = _mm256_fmadd_ps(dv, q.dot(t.x2 + b * 32), a2)
                     o2 += m * t.s2[b]
                 }
                 if active > 3 {
-                    a3 = _mm256_fmadd_ps(dv, dot(q0, q1, q2, q3, t.x3 + b * 32), a3)
+                    a3 = _mm256_fmadd_ps(dv, q.dot(t.x3 + b * 32), a3)
                     o3 += m * t.s3[b]
                 }
                 p += blockBytes
@@ -195,18 +175,13 @@ enum BlockMatMat {
             var p = w + r * rowBytes
             var a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps()
             for b in 0..<blocks {
-                let d = half(p)
-                let lo = (p + 2).loadUnaligned(as: __m128i.self)
-                let hi = (p + 18).loadUnaligned(as: __m128i.self)
-                let q0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo))
-                let q1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(lo, lo)))
-                let q2 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi))
-                let q3 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(hi, hi)))
+                let d = GGMLBlock.half(p)
+                let q = WidenedBlock.q8_0(p)
                 let dv = _mm256_set1_ps(d)
-                a0 = _mm256_fmadd_ps(dv, dot(q0, q1, q2, q3, t.x0 + b * 32), a0)
-                if active > 1 { a1 = _mm256_fmadd_ps(dv, dot(q0, q1, q2, q3, t.x1 + b * 32), a1) }
-                if active > 2 { a2 = _mm256_fmadd_ps(dv, dot(q0, q1, q2, q3, t.x2 + b * 32), a2) }
-                if active > 3 { a3 = _mm256_fmadd_ps(dv, dot(q0, q1, q2, q3, t.x3 + b * 32), a3) }
+                a0 = _mm256_fmadd_ps(dv, q.dot(t.x0 + b * 32), a0)
+                if active > 1 { a1 = _mm256_fmadd_ps(dv, q.dot(t.x1 + b * 32), a1) }
+                if active > 2 { a2 = _mm256_fmadd_ps(dv, q.dot(t.x2 + b * 32), a2) }
+                if active > 3 { a3 = _mm256_fmadd_ps(dv, q.dot(t.x3 + b * 32), a3) }
                 p += 34
             }
             t.store(r, active, a0.sum(), a1.sum(), a2.sum(), a3.sum())

@@ -65,11 +65,6 @@ enum BlockMatVec {
         }
     }
 
-    @inline(__always)
-    private static func half(_ p: UnsafeRawPointer, _ offset: Int = 0) -> Float {
-        Float(Float16(bitPattern: UInt16(littleEndian: p.loadUnaligned(fromByteOffset: offset, as: UInt16.self))))
-    }
-
 #if arch(x86_64)
     /// Q4_1 (`d`, `m`, 16 bytes) and Q4_0 (`d`, 16 bytes; `w = d·(q - 8)`, so `m = -8d`). Byte j holds element j
     /// in its low nibble and element j + 16 in its high nibble.
@@ -83,20 +78,9 @@ enum BlockMatVec {
             var acc = _mm256_setzero_ps()
             var offsetSum: Float = 0
             for b in 0..<blocks {
-                let d = half(p)
-                let m = hasMin ? half(p, 2) : -8 * d
-                let packed = (p + (hasMin ? 4 : 2)).loadUnaligned(as: __m128i.self)
-                let low = _mm_and_si128(packed, nibble)
-                let high = _mm_and_si128(_mm_srli_epi16(packed, 4), nibble)
-                let xb = x + b * 32
-                let q0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(low))
-                let q1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(low, low)))
-                let q2 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(high))
-                let q3 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(high, high)))
-                var s = _mm256_mul_ps(q0, _mm256_loadu_ps(xb))
-                s = _mm256_fmadd_ps(q1, _mm256_loadu_ps(xb + 8), s)
-                s = _mm256_fmadd_ps(q2, _mm256_loadu_ps(xb + 16), s)
-                s = _mm256_fmadd_ps(q3, _mm256_loadu_ps(xb + 24), s)
+                let d = GGMLBlock.half(p)
+                let m = hasMin ? GGMLBlock.half(p, 2) : -8 * d
+                let s = WidenedBlock.q4(p, hasMin: hasMin, nibble: nibble).dot(x + b * 32)
                 acc = _mm256_fmadd_ps(_mm256_set1_ps(d), s, acc)
                 offsetSum += m * blockSums[b]
                 p += blockBytes
@@ -113,18 +97,8 @@ enum BlockMatVec {
             var p = w + r * rowBytes
             var acc = _mm256_setzero_ps()
             for b in 0..<blocks {
-                let d = half(p)
-                let lo = (p + 2).loadUnaligned(as: __m128i.self)
-                let hi = (p + 18).loadUnaligned(as: __m128i.self)
-                let xb = x + b * 32
-                let q0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo))
-                let q1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(lo, lo)))
-                let q2 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi))
-                let q3 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(hi, hi)))
-                var s = _mm256_mul_ps(q0, _mm256_loadu_ps(xb))
-                s = _mm256_fmadd_ps(q1, _mm256_loadu_ps(xb + 8), s)
-                s = _mm256_fmadd_ps(q2, _mm256_loadu_ps(xb + 16), s)
-                s = _mm256_fmadd_ps(q3, _mm256_loadu_ps(xb + 24), s)
+                let d = GGMLBlock.half(p)
+                let s = WidenedBlock.q8_0(p).dot(x + b * 32)
                 acc = _mm256_fmadd_ps(_mm256_set1_ps(d), s, acc)
                 p += 34
             }
@@ -143,7 +117,7 @@ enum BlockMatVec {
                 j += 8
             }
             var tail: Float = 0
-            while j < cols { tail += half(p, 2 * j) * x[j]; j += 1 }
+            while j < cols { tail += GGMLBlock.half(p, 2 * j) * x[j]; j += 1 }
             y[r] = acc.sum() + tail
         }
     }
