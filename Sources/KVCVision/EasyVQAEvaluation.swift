@@ -173,8 +173,9 @@ public struct EasyVQAEvaluation {
                               seconds_question: questionSeconds, seconds_decode: decodeSeconds,
                               kv_bytes: n > 0 ? bytes / n : 0, kv_bytes_full: n > 0 ? fullBytes / n : 0,
                               skipped: split.skipped.count, front_end: options.frontEndPath)
-        let yesNo = records.compactMap { $0 }.filter { EasyVQA.isYesNo($0.expected) }
-        let open = records.compactMap { $0 }.filter { !EasyVQA.isYesNo($0.expected) }
+        let answered = records.compactMap { $0 }
+        let yesNo = answered.filter { EasyVQA.isYesNo($0.expected) }
+        let open = answered.filter { !EasyVQA.isYesNo($0.expected) }
         func accuracy(_ rs: [Record]) -> Double? { rs.isEmpty ? nil : Double(rs.filter(\.correct).count) / Double(rs.count) }
         summary.accuracy_yes_no = accuracy(yesNo)
         summary.accuracy_open = accuracy(open)
@@ -185,6 +186,6 @@ public struct EasyVQAEvaluation {
             summary.kv_bytes_vision = visionHeld / n
             summary.kv_bytes_vision_full = visionFull / n
         }
-        return Result(records: records.compactMap { $0 }, summary: summary, skipped: split.skipped)
+        return Result(records: answered, summary: summary, skipped: split.skipped)
     }
 }
