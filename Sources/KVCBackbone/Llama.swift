@@ -205,6 +205,11 @@ public enum PromptPiece: Sendable, Equatable {
     }
 }
 
+extension Array where Element == PromptPiece {
+    /// Positions the pieces occupy in the cache.
+    public var positionCount: Int { reduce(0) { $0 + $1.count } }
+}
+
 // MARK: - Building blocks
 
 /// Buffers of one forward call over `count` positions.

@@ -53,7 +53,7 @@ public enum CollectionBenchmark {
             for (i, item) in plan.items.enumerated() {
                 let prefix = vlm.prefix(imageEmbeddings: vlm.frontEnd.embed(images[i]))
                 let cache = model.makeCache()
-                _ = try model.forward(prefix.pieces + [.tokens(vlm.suffix(question: item.question))], cache: cache)
+                _ = try model.forward(prefix.pieces + vlm.suffix(question: item.question), cache: cache)
                 if withAnswerToken { _ = try model.forward(tokens: [answerTokens[i]], cache: cache, logits: .none) }
             }
         }

@@ -51,7 +51,7 @@ public final class SampleCollector {
         let t1 = DispatchTime.now()
         let prefix = vlm.prefix(imageEmbeddings: embeddings)
         let suffix = vlm.suffix(question: question)
-        let length = prefix.length + suffix.count + 1
+        let length = prefix.length + suffix.positionCount + 1
         guard length <= c.contextLength else {
             throw Unusable(reason: "prompt of \(length) tokens exceeds the context length of \(c.contextLength)")
         }
@@ -67,7 +67,7 @@ public final class SampleCollector {
                 copyQueries(q, count: count, firstPosition: first, from: textStart, textCount: textCount,
                             layer: layer, config: c, into: base)
             }
-            let logits = try model.forward(prefix.pieces + [.tokens(suffix)], cache: cache, logits: .last,
+            let logits = try model.forward(prefix.pieces + suffix, cache: cache, logits: .last,
                                            observeQueries: observe)
             _ = try model.forward(embeddings: model.embed(tokens: [answerToken]), cache: cache, logits: .none,
                                   observeQueries: observe)

@@ -69,6 +69,8 @@ public struct EasyVQAEvaluation {
         /// Dataset entries (rows, images) that could not be used.
         public var skipped: Int
         public var front_end: String?
+        /// The learned question prompt's file, when the model has one.
+        public var question_prompt: String?
         /// With a compressing cache: its nominal ratio, and the mean bytes of the vision span it held next to what a
         /// full float16 cache holds for the same span.
         public var ratio: Double?
@@ -173,6 +175,7 @@ public struct EasyVQAEvaluation {
                               seconds_question: questionSeconds, seconds_decode: decodeSeconds,
                               kv_bytes: n > 0 ? bytes / n : 0, kv_bytes_full: n > 0 ? fullBytes / n : 0,
                               skipped: split.skipped.count, front_end: options.frontEndPath)
+        summary.question_prompt = model.questionPromptPath
         let answered = records.compactMap { $0 }
         let yesNo = answered.filter { EasyVQA.isYesNo($0.expected) }
         let open = answered.filter { !EasyVQA.isYesNo($0.expected) }

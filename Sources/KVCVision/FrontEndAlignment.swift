@@ -5,7 +5,8 @@ import KVCTensor
 import KVCTokenizer
 
 /// Stage 2 of the front end (DESIGN §3): align the projector (and optionally the encoder) to the frozen decoder on
-/// easy-VQA, with the loss on the answer tokens through every decoder layer.
+/// easy-VQA, with the loss on the answer tokens through every decoder layer. With a `QuestionPrompt`, its learned
+/// tokens after the question train too (alone, when `projectorLearningRateScale` is 0 and the encoder is frozen).
 ///
 /// Each step takes `imagesPerStep` training images and up to `questionsPerImage` of their questions, packed as prompt
 /// trees (`LlamaGraph.Packing`): the prefix with the image tokens runs once per image and every question continues it,
@@ -24,8 +25,10 @@ public final class FrontEndAlignment {
         public var warmupSteps = 20
         public var weightDecay: Float = 0.01
         public var clipNorm: Float = 1
-        /// Also update the encoder, at `encoderLearningRateScale` x the projector's rate (0 = frozen encoder).
+        /// Also update the encoder, at `encoderLearningRateScale` x the base rate (0 = frozen encoder).
         public var encoderLearningRateScale: Float = 0
+        /// The projector's rate as a multiple of the base rate (0 = frozen projector: only a question prompt trains).
+        public var projectorLearningRateScale: Float = 1
         /// Sample each image's yes/no questions so that, for every question text, "yes" and "no" are equally likely
         /// (`AnswerBalance`). Without it the decoder can score most yes/no questions from the text alone and never
         /// learns to look at the image for them.
@@ -42,6 +45,7 @@ public final class FrontEndAlignment {
             case steps, imagesPerStep = "images_per_step", questionsPerImage = "questions_per_image"
             case learningRate = "learning_rate", minLearningRate = "min_learning_rate", warmupSteps = "warmup_steps"
             case weightDecay = "weight_decay", clipNorm = "clip_norm", encoderLearningRateScale = "encoder_lr_scale"
+            case projectorLearningRateScale = "projector_lr_scale"
             case balanceYesNo = "balance_yes_no", initFrom = "init_from"
             case evalEvery = "eval_every", evalQuestions = "eval_questions", checkpointEvery = "checkpoint_every", seed
         }
@@ -65,6 +69,8 @@ public final class FrontEndAlignment {
     public let graph: LlamaGraph
     public let tokenizer: BPETokenizer
     public let frontEnd: FrontEnd
+    /// Learned tokens after the question, trained with the front end (nil: the plain prompt).
+    public let questionPrompt: QuestionPrompt?
     public let options: Options
     public let runDirectory: String
     private let prompt: VisionPrompt
@@ -76,11 +82,12 @@ public final class FrontEndAlignment {
     private let prefixText: Tensor
     private let closeText: Tensor
 
-    public init(graph: LlamaGraph, tokenizer: BPETokenizer, frontEnd: FrontEnd, train: EasyVQASplit, test: EasyVQASplit,
-                options: Options, runDirectory: String) {
+    public init(graph: LlamaGraph, tokenizer: BPETokenizer, frontEnd: FrontEnd, questionPrompt: QuestionPrompt? = nil,
+                train: EasyVQASplit, test: EasyVQASplit, options: Options, runDirectory: String) {
         self.graph = graph
         self.tokenizer = tokenizer
         self.frontEnd = frontEnd
+        self.questionPrompt = questionPrompt
         self.options = options
         self.runDirectory = runDirectory
         self.train = train
@@ -94,6 +101,8 @@ public final class FrontEndAlignment {
     }
 
     private var checkpointPath: String { runDirectory + "/frontend.safetensors" }
+    /// The question prompt of the run's front end checkpoint (`QuestionPrompt.companionPath`).
+    public var questionPromptCheckpointPath: String { QuestionPrompt.companionPath(of: checkpointPath) }
     /// Parameters + AdamW moments + step in one atomically written file (`TrainingCheckpoint`): what resuming reads.
     private var trainingStatePath: String { runDirectory + "/train-state.safetensors" }
     /// The run state of builds before `TrainingCheckpoint` (step only); resumed from with a warning.
@@ -103,15 +112,27 @@ public final class FrontEndAlignment {
     /// Trains until `options.steps`, resuming from the run directory's checkpoint if there is one.
     public func run(log: (String) -> Void = { print($0) }) throws {
         try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
-        let projectorParams = frontEnd.projector.parameters
-        let encoderParams = options.encoderLearningRateScale > 0 ? frontEnd.encoder.parameters : []
-        for p in encoderParams { p.requiresGrad = true }
-        if encoderParams.isEmpty { for p in frontEnd.encoder.parameters { p.requiresGrad = false } }
-        let optimizer = AdamW(parameters: projectorParams, learningRate: options.learningRate, weightDecay: options.weightDecay)
-        let encoderOptimizer = encoderParams.isEmpty ? nil
-            : AdamW(parameters: encoderParams, learningRate: options.learningRate, weightDecay: options.weightDecay)
-        var groups = ["projector": optimizer]
-        if let encoderOptimizer { groups["encoder"] = encoderOptimizer }
+        // Each trained part has its own optimizer, at its multiple of the base learning rate; frozen parts take no
+        // gradients at all.
+        var parts: [(name: String, parameters: [Tensor], scale: Float)] = [
+            ("projector", frontEnd.projector.parameters, options.projectorLearningRateScale),
+            ("encoder", frontEnd.encoder.parameters, options.encoderLearningRateScale),
+        ]
+        if let questionPrompt { parts.append(("question_prompt", questionPrompt.parameters, 1)) }
+        var groups: [String: AdamW] = [:], scaled: [(AdamW, Float)] = []
+        for part in parts {
+            for p in part.parameters { p.requiresGrad = part.scale > 0 }
+            guard part.scale > 0 else { continue }
+            // The question prompt's tokens are embeddings: decaying them toward zero would only shrink them.
+            let decay = part.name == "question_prompt" ? 0 : options.weightDecay
+            let optimizer = AdamW(parameters: part.parameters, learningRate: options.learningRate, weightDecay: decay)
+            groups[part.name] = optimizer
+            scaled.append((optimizer, part.scale))
+        }
+        guard !scaled.isEmpty else {
+            throw KVCError("front-end alignment: nothing to train (projector_lr_scale and encoder_lr_scale are 0 and there "
+                           + "is no question prompt)")
+        }
         let (start, resumedFirstLoss) = try resume(optimizers: groups, log: log)
         var firstLoss = resumedFirstLoss, lastCheckpoint = start
         let schedule = WarmupCosineSchedule(baseLR: options.learningRate, warmupSteps: options.warmupSteps,
@@ -120,10 +141,9 @@ public final class FrontEndAlignment {
         for step in start..<max(options.steps, start) {
             let t0 = Date()
             let lr = schedule.learningRate(at: step)
-            optimizer.learningRate = lr
-            encoderOptimizer?.learningRate = lr * options.encoderLearningRateScale
+            for (optimizer, scale) in scaled { optimizer.learningRate = lr * scale }
             let batch = makeBatch(step: step)
-            let (lossValue, norm) = try trainStep(batch, step: step, optimizers: [optimizer] + (encoderOptimizer.map { [$0] } ?? []))
+            let (lossValue, norm) = try trainStep(batch, step: step, optimizers: scaled.map(\.0))
             firstLoss = firstLoss ?? lossValue
             try checkDivergence(loss: lossValue, firstLoss: firstLoss!, step: step + 1, lastCheckpoint: lastCheckpoint)
             var report = StepReport(step: step + 1, loss: lossValue, learningRate: Double(lr), gradNorm: Double(norm),
@@ -141,13 +161,19 @@ public final class FrontEndAlignment {
                 // The training state first: it alone decides where a resumed run starts.
                 var metadata = ["options": try optionsFingerprint()]
                 metadata["first_loss_bits"] = firstLoss.map { String($0.bitPattern) }
-                try TrainingCheckpoint(step: step + 1, parameters: frontEnd.namedParameters, optimizers: groups,
+                try TrainingCheckpoint(step: step + 1, parameters: trainedNamedParameters, optimizers: groups,
                                        metadata: metadata).save(to: trainingStatePath)
                 lastCheckpoint = step + 1
                 try frontEnd.save(to: checkpointPath)
+                try questionPrompt?.save(to: questionPromptCheckpointPath)
             }
             progress.advance(status: String(format: "loss %.4f", lossValue))
         }
+    }
+
+    /// Everything the run's state holds: the front end and the question prompt.
+    private var trainedNamedParameters: [(name: String, tensor: Tensor)] {
+        frontEnd.namedParameters + (questionPrompt?.namedParameters.map { ("question_prompt.\($0.name)", $0.tensor) } ?? [])
     }
 
     /// A loss this far above where the run started means the run diverged (typically a learning rate too high):
@@ -169,7 +195,7 @@ public final class FrontEndAlignment {
     /// step's loss (the divergence reference) if the run had one.
     private func resume(optimizers: [String: AdamW], log: (String) -> Void) throws -> (step: Int, firstLoss: Double?) {
         if FileManager.default.fileExists(atPath: trainingStatePath) {
-            let saved = try TrainingCheckpoint.restore(from: trainingStatePath, parameters: frontEnd.namedParameters,
+            let saved = try TrainingCheckpoint.restore(from: trainingStatePath, parameters: trainedNamedParameters,
                                                        optimizers: optimizers)
             let current = try optionsFingerprint()
             if let before = saved.metadata["options"], before != current {
@@ -213,12 +239,12 @@ public final class FrontEndAlignment {
         loss.backward()
         let norm = clipGradNorm(optimizers.flatMap(\.parameters), maxNorm: options.clipNorm)
         if !norm.isFinite {
-            try NumericalFault.checkGradients(frontEnd.namedParameters, step: step + 1, context: "front-end alignment")
+            try NumericalFault.checkGradients(trainedNamedParameters, step: step + 1, context: "front-end alignment")
             throw KVCError("front-end alignment: gradient norm is \(norm) at step \(step + 1); stopping (the last good "
                            + "checkpoint is kept)")
         }
         for o in optimizers { o.step() }
-        try NumericalFault.checkValues(frontEnd.namedParameters, step: step + 1, context: "front-end alignment")
+        try NumericalFault.checkValues(trainedNamedParameters, step: step + 1, context: "front-end alignment")
         return (value, norm)
     }
 
@@ -266,16 +292,17 @@ public final class FrontEndAlignment {
             offset += prefix
             var suffixes: [Int] = []
             for q in qs {
-                let (ids, answerTargets) = suffixTokens(question: q)
-                pieces.append(graph.embed(ids))
+                let (suffix, answerTargets) = suffixRows(question: q)
+                pieces.append(suffix)
+                let length = suffix.shape[0]
                 // The last prompt row predicts the first answer token; each answer row predicts the next.
-                let firstTarget = ids.count - answerTargets.count
+                let firstTarget = length - answerTargets.count
                 for (k, t) in answerTargets.enumerated() {
                     rows.append(offset + firstTarget + k)
                     targets.append(t)
                 }
-                suffixes.append(ids.count)
-                offset += ids.count
+                suffixes.append(length)
+                offset += length
             }
             groups.append(.init(prefix: prefix, suffixes: suffixes))
             questions += qs.count
@@ -284,16 +311,26 @@ public final class FrontEndAlignment {
                      questions: questions)
     }
 
-    /// Suffix ids (question, assistant prompt, answer tokens but the last) and the targets of its final rows:
-    /// the answer tokens followed by end-of-turn.
-    func suffixTokens(question q: EasyVQA.Question) -> (ids: [Int], targets: [Int]) {
-        let promptIDs = prompt.suffix(question: q.text, tokenizer: tokenizer)
+    /// Suffix rows (question, question prompt, assistant prompt, then every answer token: each predicts the next
+    /// target) and the targets of its final rows: the answer tokens followed by end-of-turn.
+    func suffixRows(question q: EasyVQA.Question) -> (rows: Tensor, targets: [Int]) {
         let answer = prompt.answer(q.answer, tokenizer: tokenizer)
         let targets = answer + (prompt.endOfTurn.map { [$0] } ?? [])
-        // Input rows: the prompt, then every answer token (each predicts the next target).
-        let ids = promptIDs + answer
-        // Targets sit on the last prompt row and every answer row: targets.count rows ending at ids.count - 1.
-        return (ids, targets)
+        // Targets sit on the last prompt row and every answer row: targets.count rows ending at the last row.
+        return (promptRows(question: q.text, then: answer), targets)
+    }
+
+    /// The embedded suffix of `question` followed by `extra` tokens; the question prompt's rows are its own tensor,
+    /// so gradients reach it.
+    private func promptRows(question: String, then extra: [Int] = []) -> Tensor {
+        guard let questionPrompt else { return graph.embed(suffixIDs(question) + extra) }
+        let (ids, end) = prompt.questionAndEnd(question, tokenizer: tokenizer)
+        return Tensor.concat([graph.embed(ids), questionPrompt.tokens, graph.embed(end + extra)], axis: 0)
+    }
+
+    /// Suffix ids without a question prompt, tokenized as `VisionPrompt.suffix` does.
+    private func suffixIDs(_ question: String) -> [Int] {
+        tokenizer.encode(question + prompt.questionEnd)
     }
 
     private func permutation(epoch: Int, count: Int) -> [Int] {
@@ -341,13 +378,13 @@ public final class FrontEndAlignment {
                     offset += prefix
                     var suffixes: [Int] = []
                     for q in entry.value {
-                        let ids = prompt.suffix(question: q.text, tokenizer: tokenizer)
-                        pieces.append(graph.embed(ids))
-                        offset += ids.count
+                        let suffix = promptRows(question: q.text)
+                        pieces.append(suffix)
+                        offset += suffix.shape[0]
                         rows.append(offset - 1)
                         expected.append(prompt.answer(q.answer, tokenizer: tokenizer)[0])
                         kinds.append(q.isYesNo ? 0 : 1)
-                        suffixes.append(ids.count)
+                        suffixes.append(suffix.shape[0])
                     }
                     groups.append(.init(prefix: prefix, suffixes: suffixes))
                 }

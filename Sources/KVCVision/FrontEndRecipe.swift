@@ -5,9 +5,10 @@ import KVCGGUF
 import KVCTensor
 import KVCTokenizer
 
-/// A `kind: front-end` recipe: stage 1 (encoder as a shape/colour classifier) unless its checkpoint exists, then
-/// stage 2 (projector alignment through the frozen decoder), then the front end copied to `output`.
-/// See recipes/frontend-easyvqa.yaml for every key.
+/// A `kind: front-end` recipe: stage 1 (encoder as a shape/colour classifier) unless its checkpoint exists or the run
+/// fine-tunes a trained front end (`init_from`), then stage 2 (alignment through the frozen decoder), then the front
+/// end copied to `output` and, with a `question_prompt` section, the learned question prompt next to it
+/// (`QuestionPrompt.companionPath`). See recipes/frontend-easyvqa.yaml and frontend-easyvqa-question-prompt.yaml.
 public struct FrontEndRecipe {
     public var file: String
     public var seed: UInt64
@@ -18,6 +19,8 @@ public struct FrontEndRecipe {
     public var pretraining: ShapeColourPretraining.Options
     public var projectorHidden: Int
     public var alignment: FrontEndAlignment.Options
+    /// The text whose token embeddings start the learned question prompt (nil: no question prompt).
+    public var questionPromptInitText: String?
 
     public init(_ recipe: RecipeSection) throws {
         file = recipe.file
@@ -55,6 +58,7 @@ public struct FrontEndRecipe {
             alignment.weightDecay = Float(try a.double("weight_decay", default: Double(alignment.weightDecay), range: 0...1))
             alignment.clipNorm = Float(try a.double("clip_norm", default: Double(alignment.clipNorm), range: 1e-6...1e6))
             alignment.encoderLearningRateScale = Float(try a.double("encoder_lr_scale", default: 0, range: 0...10))
+            alignment.projectorLearningRateScale = Float(try a.double("projector_lr_scale", default: 1, range: 0...10))
             alignment.balanceYesNo = try a.bool("balance_yes_no", default: false)
             alignment.initFrom = a.has("init_from") ? try a.string("init_from") : nil
             alignment.evalEvery = try a.int("eval_every", default: alignment.evalEvery, range: 1...1_000_000)
@@ -62,20 +66,29 @@ public struct FrontEndRecipe {
             alignment.checkpointEvery = try a.int("checkpoint_every", default: alignment.checkpointEvery, range: 1...1_000_000)
             try a.finish()
         }
+        if let q = try recipe.section("question_prompt") {
+            let text = try q.string("init_text")
+            guard !text.isEmpty, text.count <= 400 else {
+                throw KVCError.file(file, "question_prompt.init_text must be 1 to 400 characters")
+            }
+            questionPromptInitText = text
+            try q.finish()
+        }
         try recipe.finish()
     }
 
     /// Runs both stages (each resumable), then writes the aligned front end to `output` (atomically).
     public func run(log: (String) -> Void = { print($0) }) throws {
         try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
-        if !FileManager.default.fileExists(atPath: encoderCheckpoint) {
+        if let start = alignment.initFrom {
+            log("stage 1: skipped (fine-tuning \(start))")
+        } else if !FileManager.default.fileExists(atPath: encoderCheckpoint) {
             log("stage 1: pretraining the encoder as a shape/colour classifier -> \(encoderCheckpoint)")
             _ = try ShapeColourPretraining.run(output: encoderCheckpoint, metricsPath: runDirectory + "/stage1-metrics.jsonl",
                                                options: pretraining)
         } else {
             log("stage 1: using \(encoderCheckpoint)")
         }
-        let encoder = try VisionEncoder.load(from: encoderCheckpoint)
         let file = try GGUFFile(path: Assets.require(model))
         let fingerprint = try Checksum.xxh128(file: model)
         let graph = try LlamaGraph(file: file)
@@ -88,6 +101,7 @@ public struct FrontEndRecipe {
             frontEnd = try FrontEnd.load(from: start, expectingBackbone: fingerprint)
             log("stage 2: fine-tuning \(start) through the frozen decoder")
         } else {
+            let encoder = try VisionEncoder.load(from: encoderCheckpoint)
             var rng = SeededRandom(seed: seed &+ 2)
             let projector = Projector(inputDim: encoder.config.tokenDim, hiddenDim: projectorHidden,
                                       outputDim: graph.config.hiddenSize, rng: &rng)
@@ -98,10 +112,28 @@ public struct FrontEndRecipe {
             log(String(format: "stage 2: aligning the projector through the frozen decoder (output scale %.3f)",
                        projector.outputScale))
         }
-        let trainer = FrontEndAlignment(graph: graph, tokenizer: tokenizer, frontEnd: frontEnd, train: train, test: test,
-                                        options: alignment, runDirectory: runDirectory)
+        var questionPrompt: QuestionPrompt?
+        if let text = questionPromptInitText {
+            let ids = tokenizer.encode(text)
+            guard !ids.isEmpty, ids.count <= 256 else {
+                throw KVCError.file(self.file, "question_prompt.init_text gives \(ids.count) tokens, expected 1 to 256")
+            }
+            let start = graph.embed(ids)
+            questionPrompt = QuestionPrompt(tokens: Tensor(shape: start.shape, values: start.scalars, requiresGrad: true),
+                                            frontEndDigest: "", initText: text)
+            log("question prompt: \(ids.count) learned tokens after the question, starting from \"\(text)\"")
+        }
+        let trainer = FrontEndAlignment(graph: graph, tokenizer: tokenizer, frontEnd: frontEnd, questionPrompt: questionPrompt,
+                                        train: train, test: test, options: alignment, runDirectory: runDirectory)
         try trainer.run(log: log)
         try frontEnd.save(to: output)
         log("front end written to \(output)")
+        if let questionPrompt {
+            // The prompt names the exact front-end file it was trained with; VisionLanguageModel refuses any other.
+            questionPrompt.frontEndDigest = try Checksum.xxh128(file: output)
+            let path = QuestionPrompt.companionPath(of: output)
+            try questionPrompt.save(to: path)
+            log("question prompt written to \(path)")
+        }
     }
 }

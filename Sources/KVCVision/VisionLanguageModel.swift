@@ -18,6 +18,8 @@ public final class VisionLanguageModel {
     /// The vision side: the project's trained `FrontEnd`, or another `ImageTokenSource` (a SmolVLM tower).
     public let frontEnd: any ImageTokenSource
     public let prompt: VisionPrompt
+    /// Where the learned question prompt came from (nil: the plain prompt).
+    public private(set) var questionPromptPath: String?
     /// Most tokens generated per answer; easy-VQA answers are one word of one to three tokens.
     public var maxAnswerTokens = 8
 
@@ -33,16 +35,34 @@ public final class VisionLanguageModel {
     }
 
     /// Loads the decoder from `modelPath` and the front end from `frontEndPath`, refusing a front end aligned to
-    /// another decoder file.
-    public static func load(modelPath: String = Assets.smolLM2GGUF, frontEndPath: String) throws -> VisionLanguageModel {
+    /// another decoder file, and the front end's learned question prompt as `questionPrompt` says.
+    public static func load(modelPath: String = Assets.smolLM2GGUF, frontEndPath: String,
+                            questionPrompt: QuestionPromptSource = .companion) throws -> VisionLanguageModel {
         guard FileManager.default.fileExists(atPath: frontEndPath) else {
             throw KVCError.file(frontEndPath, "front-end checkpoint not found; train one with kvc-train (recipes/"
                                 + "frontend-easyvqa.yaml) or pass the path of one")
         }
         let backbone = try Backbone(path: modelPath)
         let fingerprint = try Checksum.xxh128(file: backbone.path)
-        return try VisionLanguageModel(backbone: backbone,
-                                       frontEnd: FrontEnd.load(from: frontEndPath, expectingBackbone: fingerprint))
+        var prompt = VisionPrompt(tokenizer: backbone.tokenizer)
+        let promptPath: String?
+        switch questionPrompt {
+        case .none: promptPath = nil
+        case .file(let path): promptPath = path
+        case .companion:
+            let path = QuestionPrompt.companionPath(of: frontEndPath)
+            promptPath = FileManager.default.fileExists(atPath: path) ? path : nil
+        }
+        if let promptPath {
+            let learned = try QuestionPrompt.load(from: promptPath, hidden: backbone.model.config.hiddenSize,
+                                                  expectingFrontEnd: Checksum.xxh128(file: frontEndPath))
+            prompt.questionPrompt = learned.piece
+        }
+        let vlm = try VisionLanguageModel(backbone: backbone,
+                                          frontEnd: FrontEnd.load(from: frontEndPath, expectingBackbone: fingerprint),
+                                          prompt: prompt)
+        vlm.questionPromptPath = promptPath
+        return vlm
     }
 
     // MARK: Prompts
@@ -63,17 +83,14 @@ public final class VisionLanguageModel {
     /// The prefix for image tokens `imageEmbeddings` (each `[tokensPerImage * hidden]`), built by `VisionPrompt`
     /// exactly as in training. No embeddings gives the blind prompt: the user turn without any image block.
     public func prefix(imageEmbeddings: [[Float]]) -> Prefix {
-        // VisionPrompt builds whole prompts; its pieces before the question are the prefix.
-        let (all, starts) = prompt.pieces(imageEmbeddings: imageEmbeddings, tokensPerImage: frontEnd.tokensPerImage,
-                                          question: "", tokenizer: backbone.tokenizer)
-        let pieces = Array(all.dropLast())
+        let (pieces, starts) = prompt.prefix(imageEmbeddings: imageEmbeddings, tokensPerImage: frontEnd.tokensPerImage)
         let side = frontEnd.gridSide
-        return Prefix(pieces: pieces, length: pieces.reduce(0) { $0 + $1.count },
+        return Prefix(pieces: pieces, length: pieces.positionCount,
                       grids: starts.map { ImageGrid(start: $0, rows: side, cols: side) })
     }
 
-    /// Token ids after the prefix for `question`.
-    public func suffix(question: String) -> [Int] { prompt.suffix(question: question, tokenizer: backbone.tokenizer) }
+    /// What follows the prefix for `question`: its tokens, the question prompt if there is one, the assistant prompt.
+    public func suffix(question: String) -> [PromptPiece] { prompt.suffix(question: question, tokenizer: backbone.tokenizer) }
 
     // MARK: Answers
 
@@ -144,14 +161,14 @@ public final class VisionLanguageModel {
     /// question), then generates greedily. The timing counts this question only.
     public func answer(question: String, after prefilled: PrefilledPrefix) throws -> Answer {
         prefilled.rewind()
-        return try generateAnswer(prompt: [.tokens(suffix(question: question))], cache: prefilled.cache)
+        return try generateAnswer(prompt: suffix(question: question), cache: prefilled.cache)
     }
 
     /// Next-token logits where the answer to `question` starts, continuing from the prefix (what fidelity metrics
     /// compare between caches: top-1 agreement, KL). Leaves the question in the cache.
     public func firstAnswerLogits(question: String, after prefilled: PrefilledPrefix) throws -> [Float] {
         prefilled.rewind()
-        return try backbone.model.forward(tokens: suffix(question: question), cache: prefilled.cache)
+        return try backbone.model.forward(suffix(question: question), cache: prefilled.cache)
     }
 
     /// Answers one question about `images` with `cache` (default: a fresh float16 `PlainKVCache`).
@@ -173,7 +190,7 @@ public final class VisionLanguageModel {
         let t0 = DispatchTime.now()
         let embeddings = blind || images.isEmpty ? [] : frontEnd.embed(images)
         let frontEndSeconds = elapsed(t0, DispatchTime.now())
-        let pieces = prefix(imageEmbeddings: embeddings).pieces + [.tokens(suffix(question: question))]
+        let pieces = prefix(imageEmbeddings: embeddings).pieces + suffix(question: question)
         var result = try generateAnswer(prompt: pieces, cache: cache)
         result.timing.frontEndSeconds = frontEndSeconds
         return result

@@ -5,6 +5,8 @@ import KVCTokenizer
 ///
 ///     <|im_start|>user\n <image>[tokens of image 1]</image>\n ... <image>[tokens of image K]</image>\n QUESTION<|im_end|>\n<|im_start|>assistant\n
 ///
+/// With a `QuestionPrompt`, its learned tokens sit between QUESTION and `<|im_end|>`.
+///
 /// Each text piece is tokenized on its own, identically in training, collection and evaluation, so the token ids
 /// around the image tokens never depend on the question. Everything up to the last `</image>\n` is the *prefix*,
 /// shared by all questions about the same images.
@@ -15,6 +17,8 @@ public struct VisionPrompt: Sendable {
     public let endOfTurn: Int?
     /// Text after the question: the end of the user turn and the assistant prompt.
     public let questionEnd: String
+    /// Learned tokens after the question (`QuestionPrompt.piece`), if the front end has them.
+    public var questionPrompt: (embeddings: [Float], count: Int)?
 
     public init(tokenizer: BPETokenizer) {
         self.init(tokenizer: tokenizer, userStart: "<|im_start|>user\n", imageOpen: "<image>", imageClose: "</image>\n",
@@ -31,9 +35,17 @@ public struct VisionPrompt: Sendable {
         endOfTurn = tokenizer.endOfTurnTokenId
     }
 
-    /// The question and the assistant prompt after the images.
-    public func suffix(question: String, tokenizer: BPETokenizer) -> [Int] {
-        tokenizer.encode(question + questionEnd)
+    /// The question, any question prompt, and the assistant prompt after the images.
+    public func suffix(question: String, tokenizer: BPETokenizer) -> [PromptPiece] {
+        guard let learned = questionPrompt else { return [.tokens(tokenizer.encode(question + questionEnd))] }
+        let (ids, end) = questionAndEnd(question, tokenizer: tokenizer)
+        return [.tokens(ids), .embeddings(learned.embeddings, count: learned.count), .tokens(end)]
+    }
+
+    /// Token ids of the question and of the end of the user turn with the assistant prompt, tokenized apart (the
+    /// question prompt goes between them).
+    public func questionAndEnd(_ question: String, tokenizer: BPETokenizer) -> (question: [Int], end: [Int]) {
+        (tokenizer.encode(question), tokenizer.encode(questionEnd))
     }
 
     /// Token ids of an answer as the model should produce it (no leading space: it starts the assistant turn).
@@ -43,6 +55,12 @@ public struct VisionPrompt: Sendable {
     /// - Returns: the pieces and, per image, the index of its first token in the prompt.
     public func pieces(imageEmbeddings: [[Float]], tokensPerImage: Int, question: String,
                        tokenizer: BPETokenizer) -> (pieces: [PromptPiece], imageStarts: [Int]) {
+        let (pieces, starts) = prefix(imageEmbeddings: imageEmbeddings, tokensPerImage: tokensPerImage)
+        return (pieces + suffix(question: question, tokenizer: tokenizer), starts)
+    }
+
+    /// The part of the prompt before the question: the user turn up to the last `</image>\n`.
+    public func prefix(imageEmbeddings: [[Float]], tokensPerImage: Int) -> (pieces: [PromptPiece], imageStarts: [Int]) {
         var pieces: [PromptPiece] = [.tokens(userStart)]
         var position = userStart.count
         var starts: [Int] = []
@@ -55,7 +73,6 @@ public struct VisionPrompt: Sendable {
             pieces.append(.tokens(imageClose))
             position += imageClose.count
         }
-        pieces.append(.tokens(suffix(question: question, tokenizer: tokenizer)))
         return (pieces, starts)
     }
 }

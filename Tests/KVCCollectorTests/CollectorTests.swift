@@ -68,11 +68,11 @@ final class CollectorTests: XCTestCase {
             for i in 0..<count { rows[layer, default: [:]][first + i] = Array(UnsafeBufferPointer(start: q + i * c.queryDim, count: c.queryDim)) }
         }
         let reference = vlm.backbone.model.makeCache()
-        _ = try vlm.backbone.model.forward(prefix.pieces + [.tokens(suffix)], cache: reference, observeQueries: observe)
+        _ = try vlm.backbone.model.forward(prefix.pieces + suffix, cache: reference, observeQueries: observe)
         _ = try vlm.backbone.model.forward(embeddings: try vlm.backbone.model.embed(tokens: [answerToken]), cache: reference,
                                            observeQueries: observe)
         let lastImageEnd = Int(sample.visionPositions.last!) + 1
-        XCTAssertEqual(sample.textPositions.map(Int.init), Array(lastImageEnd..<prefix.length + suffix.count + 1))
+        XCTAssertEqual(sample.textPositions.map(Int.init), Array(lastImageEnd..<prefix.length + suffix.positionCount + 1))
         let t = sample.textCount
         let queries = HalfConversion.halfToFloat(sample.queries)
         var differing = 0

@@ -16,7 +16,7 @@ final class SmolVLMVisionLanguageModelTests: XCTestCase {
         let vlm = try model.visionLanguageModel()
         let image = try Image.load(path: dir + "/image.png")
         let prefix = vlm.prefix(imageEmbeddings: vlm.frontEnd.embed([image]))
-        let pieces = prefix.pieces + [.tokens(vlm.suffix(question: "What is the red shape in 2024?"))]
+        let pieces = prefix.pieces + vlm.suffix(question: "What is the red shape in 2024?")
         // Image positions as the processor writes them: the image token id.
         let imageToken = try XCTUnwrap(model.imageTokenId)
         let ids = pieces.flatMap { piece -> [Int] in

@@ -9,15 +9,8 @@ import KVCTokenizer
 
 /// Stage 2 through the real frozen SmolLM2 decoder on real easy-VQA questions.
 final class FrontEndAlignmentTests: XCTestCase {
-    private func modelPath() throws -> String {
-        let root = try TestSupport.easyVQARoot()
-        let path = URL(fileURLWithPath: root).deletingLastPathComponent().appendingPathComponent("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf").path
-        guard FileManager.default.fileExists(atPath: path) else { throw XCTSkip("model missing at \(path)") }
-        return path
-    }
-
     private func makeTrainer(directory: String) throws -> FrontEndAlignment {
-        let file = try GGUFFile(path: modelPath())
+        let file = try GGUFFile(path: TestSupport.modelPath())
         let graph = try LlamaGraph(file: file)
         let dataset = try EasyVQA(root: TestSupport.easyVQARoot())
         var rng = SeededRandom(seed: 9)

@@ -31,6 +31,17 @@ enum TestSupport {
         return root
     }
 
+    /// The SmolLM2 GGUF next to easy-VQA in the assets; fails clearly when it is missing.
+    static func modelPath(file: StaticString = #filePath, line: UInt = #line) throws -> String {
+        let path = URL(fileURLWithPath: try easyVQARoot(file: file, line: line)).deletingLastPathComponent()
+            .appendingPathComponent("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf").path
+        guard FileManager.default.fileExists(atPath: path) else {
+            XCTFail("model missing at \(path): run scripts/setup.sh or set KVC_ASSETS", file: file, line: line)
+            throw XCTSkip("model missing")
+        }
+        return path
+    }
+
     /// Pixel references written by scripts/reference/image_reference.py (Pillow/pypng decodes).
     struct Reference: Decodable {
         struct File: Decodable { let width: Int; let height: Int; let rgb: [Int] }

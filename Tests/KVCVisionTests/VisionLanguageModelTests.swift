@@ -12,14 +12,7 @@ final class VisionLanguageModelTests: XCTestCase {
     /// One model for the whole class: the decoder takes a few seconds to load.
     private func model() throws -> VisionLanguageModel {
         if let m = Self.shared { return m }
-        let root = try TestSupport.easyVQARoot()
-        let path = URL(fileURLWithPath: root).deletingLastPathComponent()
-            .appendingPathComponent("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf").path
-        guard FileManager.default.fileExists(atPath: path) else {
-            XCTFail("model missing at \(path): run scripts/setup.sh or set KVC_ASSETS")
-            throw XCTSkip("model missing")
-        }
-        let backbone = try Backbone(path: path)
+        let backbone = try Backbone(path: TestSupport.modelPath())
         var rng = SeededRandom(seed: 21)
         let frontEnd = FrontEnd(encoder: try VisionEncoder(rng: &rng),
                                 projector: Projector(inputDim: 128, hiddenDim: 64, outputDim: backbone.model.config.hiddenSize,
@@ -119,7 +112,7 @@ final class VisionLanguageModelTests: XCTestCase {
         XCTAssertGreaterThan(prefilled.cache.length, prefilled.prefix.length)
         let question = "does the image contain a circle?"
         let continued = try vlm.firstAnswerLogits(question: question, after: prefilled)
-        let whole = prefilled.prefix.pieces + [.tokens(vlm.suffix(question: question))]
+        let whole = prefilled.prefix.pieces + vlm.suffix(question: question)
         let fresh = try vlm.backbone.model.forward(whole, cache: vlm.backbone.model.makeCache())
         XCTAssertEqual(continued.count, fresh.count)
         let scale = fresh.map(abs).max() ?? 1

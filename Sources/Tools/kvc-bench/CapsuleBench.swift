@@ -200,7 +200,7 @@ private struct BenchWorkload {
     var contextTokens: Int {
         vlm.prefix(imageEmbeddings: Array(repeating: [Float](repeating: 0, count: vlm.frontEnd.tokensPerImage
                                                             * vlm.backbone.model.config.hiddenSize), count: perPrompt)).length
-            + vlm.suffix(question: question).count
+            + vlm.suffix(question: question).positionCount
     }
 
     /// Sequence `index`: its images' prefix prefilled into `cache` (compressed if a capsule), then the question.
@@ -211,7 +211,7 @@ private struct BenchWorkload {
         let prefilled = try vlm.prefill(imageEmbeddings: embeddings, cache: cache) { cache, prefix in
             try (cache as? CapsuleCache)?.compress(imageGridsAtPositions: prefix.grids)
         }
-        return try vlm.backbone.model.forward(tokens: vlm.suffix(question: question), cache: prefilled.cache)
+        return try vlm.backbone.model.forward(vlm.suffix(question: question), cache: prefilled.cache)
     }
 
     struct SingleStream {

@@ -45,6 +45,8 @@ struct KVCEval: ParsableCommand {
     @Flag(help: "Print the summary as JSON.") var json = false
     @Option(name: .customLong("front-end"), help: "Front-end checkpoint.")
     var frontEnd = "checkpoints/frontend-easyvqa.safetensors"
+    @Option(name: .customLong("question-prompt"), help: "Learned tokens after the question: auto (the front end's companion file FRONT_END.question-prompt.safetensors, if present), none (the plain prompt), or a path.")
+    var questionPrompt = "auto"
     @Option(help: "GGUF model file (default: the project's SmolLM2 asset), or a Hugging Face SmolVLM directory.")
     var model: String?
     @Option(help: "easy-VQA directory (default: the project's asset).") var data: String?
@@ -94,7 +96,8 @@ struct KVCEval: ParsableCommand {
         do {
             let smolVLMDirectory = SmolVLM.modelDirectory(model)   // then --front-end is not used
             let vlm = try smolVLMDirectory.map { try SmolVLM(directory: $0).visionLanguageModel() }
-                ?? VisionLanguageModel.load(modelPath: model ?? Assets.smolLM2GGUF, frontEndPath: frontEnd)
+                ?? VisionLanguageModel.load(modelPath: model ?? Assets.smolLM2GGUF, frontEndPath: frontEnd,
+                                           questionPrompt: QuestionPromptSource(argument: questionPrompt))
             if let threads { vlm.backbone.model.threads = threads }
             let dataset = try EasyVQA(root: data ?? Assets.easyVQA)
             let loaded = try dataset.load(EasyVQA.Split(rawValue: split)!, progress: !quiet)

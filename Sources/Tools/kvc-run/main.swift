@@ -50,6 +50,8 @@ struct KVCRun: ParsableCommand {
     var image: [String] = []
     @Option(name: .customLong("front-end"), help: "VLM front-end checkpoint for --image.")
     var frontEnd = "checkpoints/frontend-easyvqa.safetensors"
+    @Option(name: .customLong("question-prompt"), help: "Learned tokens after the question: auto (the front end's companion file, if present), none, or a path.")
+    var questionPrompt = "auto"
 
     /// `--model` names a Hugging Face directory rather than a GGUF file.
     var huggingFaceDirectory: String? { SmolVLM.modelDirectory(model) }
@@ -115,7 +117,8 @@ struct KVCRun: ParsableCommand {
     /// Answers the question about the images with the VLM (front end + decoder, full cache).
     private func runVision() throws {
         let images = try image.map { try Image.load(path: $0) }   // decoding errors name the file
-        let vlm = try VisionLanguageModel.load(modelPath: model ?? Assets.smolLM2GGUF, frontEndPath: frontEnd)
+        let vlm = try VisionLanguageModel.load(modelPath: model ?? Assets.smolLM2GGUF, frontEndPath: frontEnd,
+                                               questionPrompt: QuestionPromptSource(argument: questionPrompt))
         if let threads { vlm.backbone.model.threads = threads }
         let answer = try vlm.answer(images: images, question: prompt ?? "")
         if json {

@@ -1,0 +1,93 @@
+import Foundation
+import KVCCore
+import KVCTensor
+
+/// Learned soft tokens placed after the question, before the end of the user turn (prompt tuning, Lester et al. 2021):
+///
+///     ... </image>\n QUESTION [question prompt tokens]<|im_end|>\n<|im_start|>assistant\n
+///
+/// Why it exists: the image tokens come before the question, so their keys and values cannot depend on it, and the
+/// frozen SmolLM2-135M does not compare a question with what it has read ("is there a red shape?" is answered "no"
+/// whatever the image shows). Tokens after the question attend to both the image and the question at every layer,
+/// so training them (and nothing else) can make the frozen layers carry out the comparison.
+///
+/// They are stored in their own file, next to the front end (`companionPath(of:)`), because they do not change a
+/// single image token: caches collected and adapters fitted with the front end stay valid. The file records the
+/// digest of the front end it was trained with and refuses any other.
+public final class QuestionPrompt: Module {
+    /// `[count, hidden]`.
+    public let tokens: Tensor
+    /// XXH3-128 of the front-end file these tokens were trained with.
+    public var frontEndDigest: String
+    /// The text whose token embeddings initialised the tokens (provenance only).
+    public var initText: String
+
+    public static let checkpointKind = "kvc-question-prompt"
+
+    public init(tokens: Tensor, frontEndDigest: String, initText: String = "") {
+        precondition(tokens.rank == 2, "QuestionPrompt: tokens must be [count, hidden], got \(tokens.shape)")
+        self.tokens = tokens
+        self.frontEndDigest = frontEndDigest
+        self.initText = initText
+    }
+
+    public var count: Int { tokens.shape[0] }
+    public var namedParameters: [(name: String, tensor: Tensor)] { [("tokens", tokens)] }
+
+    /// The prompt piece the decoder reads (a copy of the current values).
+    public var piece: (embeddings: [Float], count: Int) { (tokens.scalars, count) }
+
+    /// `X.safetensors` → `X.question-prompt.safetensors`: where a front end's question prompt lives.
+    public static func companionPath(of frontEndPath: String) -> String {
+        let stem = frontEndPath.hasSuffix(".safetensors") ? String(frontEndPath.dropLast(".safetensors".count)) : frontEndPath
+        return stem + ".question-prompt.safetensors"
+    }
+
+    public func save(to path: String) throws {
+        try save(to: path, dtype: .f32, metadata: ["kind": Self.checkpointKind, "front_end_digest": frontEndDigest,
+                                                   "init_text": initText])
+    }
+
+    /// Loads a question prompt, refusing another kind of file, a width other than `hidden`, more than 256 tokens or
+    /// tokens trained with another front end (`frontEndDigest`, when given).
+    public static func load(from path: String, hidden: Int, expectingFrontEnd frontEndDigest: String?) throws -> QuestionPrompt {
+        let file = try SafetensorsFile(path: path)
+        guard file.metadata["kind"] == checkpointKind else {
+            throw KVCError.file(path, "metadata kind is \(file.metadata["kind"].map { "'\($0)'" } ?? "missing"), "
+                                + "expected '\(checkpointKind)'")
+        }
+        guard file.contains("tokens") else { throw KVCError.file(path, "missing tensor 'tokens'") }
+        let shape = try file.info("tokens").shape
+        guard shape.count == 2, (1...256).contains(shape[0]), shape[1] == hidden else {
+            throw KVCError.file(path, "tensor 'tokens' has shape \(shape), expected [1...256, \(hidden)]")
+        }
+        let trainedWith = file.metadata["front_end_digest"] ?? ""
+        if let frontEndDigest, trainedWith != frontEndDigest {
+            throw KVCError.file(path, "question prompt was trained with front end \(trainedWith.isEmpty ? "(unknown)" : trainedWith), "
+                                + "this front end is \(frontEndDigest)")
+        }
+        let prompt = QuestionPrompt(tokens: .zeros(shape, requiresGrad: true), frontEndDigest: trainedWith,
+                                    initText: file.metadata["init_text"] ?? "")
+        try prompt.load(from: path)
+        return prompt
+    }
+}
+
+/// Which question prompt a loaded VLM uses.
+public enum QuestionPromptSource: Sendable, Equatable {
+    /// The front end's companion file (`QuestionPrompt.companionPath`) if it exists, else none.
+    case companion
+    /// The plain prompt, without learned tokens (to measure what they add).
+    case none
+    /// This file (an error if it is missing or was trained with another front end).
+    case file(String)
+
+    /// Parses a command-line value: `auto` (the companion), `none`, or a path.
+    public init(argument: String) {
+        switch argument {
+        case "auto": self = .companion
+        case "none": self = .none
+        default: self = .file(argument)
+        }
+    }
+}
