@@ -92,7 +92,7 @@ public final class LlamaModel: @unchecked Sendable {
             case .tokens(let ids):
                 out += try embed(tokens: ids)
                 count += ids.count
-            case .embeddings(let values, let n):
+            case .embeddings(let values, let n), .layered(let values, let n, _):
                 guard n >= 0, values.count == n * h else {
                     throw KVCError("prompt piece \(i): \(values.count) embedding values for \(n) positions, "
                                    + "expected \(n) x \(h) = \(n * h)")
@@ -123,6 +123,12 @@ public final class LlamaModel: @unchecked Sendable {
     /// - Throws: `KVCError` when the sequence would exceed the model's context length.
     public func forward(embeddings: UnsafePointer<Float>, count: Int, cache: KVCache, logits: LogitRows = .last,
                         observeQueries: QueryObserver? = nil) throws -> [Float] {
+        try forward(embeddings: embeddings, count: count, cache: cache, logits: logits, observeQueries: observeQueries,
+                    injections: [])
+    }
+
+    private func forward(embeddings: UnsafePointer<Float>, count: Int, cache: KVCache, logits: LogitRows,
+                         observeQueries: QueryObserver?, injections: [ResidualInjection]) throws -> [Float] {
         precondition(cache.layerCount == config.layerCount && cache.kvHeadCount == config.kvHeadCount
                      && cache.headDim == config.headDim, "LlamaModel.forward: the cache is shaped for another model")
         let start = cache.length
@@ -132,13 +138,14 @@ public final class LlamaModel: @unchecked Sendable {
         }
         guard count > 0 else { return [] }
         return run(embeddings: embeddings, positions: Array(start..<(start + count)), cache: cache, logits: logits,
-                   observeQueries: observeQueries)
+                   observeQueries: observeQueries, injections: injections)
     }
 
     /// The decoder over one row per entry of `positions` (rotated to that position). Rows of a batch may belong to
     /// different sequences: then `cache` routes each row's append and attention to its own cache (`BatchedDecoder`).
     func run(embeddings: UnsafePointer<Float>, positions: [Int], cache: KVCache, logits: LogitRows,
-             observeQueries: QueryObserver? = nil, rowsAreSequences: Bool = false) -> [Float] {
+             observeQueries: QueryObserver? = nil, rowsAreSequences: Bool = false,
+             injections: [ResidualInjection] = []) -> [Float] {
         let count = positions.count
         let work = Workspace(config: config, count: count)
         work.rowsAreSequences = rowsAreSequences
@@ -147,7 +154,15 @@ public final class LlamaModel: @unchecked Sendable {
         for (row, position) in positions.enumerated() {
             rope.fillTable(position: position, into: work.ropeTables + row * config.headDim)
         }
+        let h = config.hiddenSize
         for (index, layer) in layers.enumerated() {
+            for injection in injections where index > 0 {
+                let n = injection.count * h
+                injection.residual.withUnsafeBufferPointer { r in
+                    let add = r.baseAddress! + (index - 1) * n, x = work.x + injection.firstRow * h
+                    for j in 0..<n { x[j] += add[j] }
+                }
+            }
             layer.forward(work, layerIndex: index, firstPosition: positions[0], cache: cache, model: self)
         }
         return outputLogits(work, rows: logits)
@@ -168,7 +183,30 @@ public final class LlamaModel: @unchecked Sendable {
 
     public func forward(_ prompt: [PromptPiece], cache: KVCache, logits: LogitRows = .last,
                         observeQueries: QueryObserver? = nil) throws -> [Float] {
-        try forward(embeddings: embed(prompt).embeddings, cache: cache, logits: logits, observeQueries: observeQueries)
+        let embeddings = try embed(prompt).embeddings
+        let injections = try residualInjections(prompt)
+        return try embeddings.withUnsafeBufferPointer {
+            try forward(embeddings: $0.baseAddress!, count: $0.count / config.hiddenSize, cache: cache, logits: logits,
+                        observeQueries: observeQueries, injections: injections)
+        }
+    }
+
+    /// Where the `layered` pieces of `prompt` steer the residual stream.
+    private func residualInjections(_ prompt: [PromptPiece]) throws -> [ResidualInjection] {
+        var injections: [ResidualInjection] = []
+        var row = 0
+        for (i, piece) in prompt.enumerated() {
+            if case .layered(_, let n, let residual) = piece {
+                let expected = (config.layerCount - 1) * n * config.hiddenSize
+                guard residual.count == expected else {
+                    throw KVCError("prompt piece \(i): \(residual.count) residual values for \(n) positions, expected "
+                                   + "\(config.layerCount - 1) layers x \(n) x \(config.hiddenSize) = \(expected)")
+                }
+                injections.append(ResidualInjection(firstRow: row, count: n, residual: residual))
+            }
+            row += piece.count
+        }
+        return injections
     }
 
     private func outputLogits(_ work: Workspace, rows: LogitRows) -> [Float] {
@@ -196,13 +234,26 @@ public enum PromptPiece: Sendable, Equatable {
     case tokens([Int])
     /// `count` positions of `hiddenSize` floats each, row-major.
     case embeddings([Float], count: Int)
+    /// Embeddings whose positions also receive a vector added to the residual stream at the input of every later
+    /// layer (deep prompt tuning, as in P-Tuning v2): `residual` is `[layers - 1][count][hiddenSize]`, its block `l`
+    /// added before layer `l + 1`. The layers' own code is unchanged; only these positions' inputs are steered.
+    case layered([Float], count: Int, residual: [Float])
 
     public var count: Int {
         switch self {
         case .tokens(let ids): return ids.count
-        case .embeddings(_, let n): return n
+        case .embeddings(_, let n), .layered(_, let n, _): return n
         }
     }
+}
+
+/// Vectors added to the residual stream of `count` consecutive rows of a forward call, before each layer after the
+/// first (`PromptPiece.layered`).
+struct ResidualInjection {
+    var firstRow: Int
+    var count: Int
+    /// `[layers - 1][count][hiddenSize]`.
+    var residual: [Float]
 }
 
 extension Array where Element == PromptPiece {

@@ -89,22 +89,45 @@ public final class LlamaGraph {
     ///   - lengths: rows of each sample (they sum to `rows`); positions restart at 0 for every sample.
     ///   - logitRows: rows (indices into `input`) whose next-token logits are wanted.
     /// - Returns: `[logitRows.count, vocab]`.
-    public func logits(input: Tensor, lengths: [Int], logitRows: [Int]) -> Tensor {
-        logits(input: input, packing: Packing(lengths: lengths), logitRows: logitRows)
+    public func logits(input: Tensor, lengths: [Int], logitRows: [Int], steering: Steering? = nil) -> Tensor {
+        logits(input: input, packing: Packing(lengths: lengths), logitRows: logitRows, steering: steering)
     }
 
-    public func logits(input: Tensor, packing: Packing, logitRows: [Int]) -> Tensor {
-        linear(finalHidden(input: input, packing: packing, rows: logitRows), weight: tokenEmbedding)
+    public func logits(input: Tensor, packing: Packing, logitRows: [Int], steering: Steering? = nil) -> Tensor {
+        linear(finalHidden(input: input, packing: packing, rows: logitRows, steering: steering), weight: tokenEmbedding)
+    }
+
+    /// Vectors added to the residual stream of some rows before every layer after the first: the training side of
+    /// `PromptPiece.layered` (deep prompt tuning).
+    public struct Steering {
+        /// `[rows, P]`, constant: row r receives vector p where `selection[r, p] == 1`.
+        public var selection: Tensor
+        /// `[layers - 1, P, hidden]`: block l is added before layer l + 1.
+        public var perLayer: Tensor
+        public init(selection: Tensor, perLayer: Tensor) {
+            self.selection = selection
+            self.perLayer = perLayer
+        }
     }
 
     /// Normalised last hidden states of `rows` (`[rows.count, hidden]`).
-    public func finalHidden(input: Tensor, packing: Packing, rows: [Int]) -> Tensor {
+    public func finalHidden(input: Tensor, packing: Packing, rows: [Int], steering: Steering? = nil) -> Tensor {
         let c = config
         precondition(input.rank == 2 && input.shape[1] == c.hiddenSize, "LlamaGraph: input \(input.shape), expected [rows, \(c.hiddenSize)]")
         precondition(packing.rows == input.shape[0], "LlamaGraph: packing covers \(packing.rows) rows, input has \(input.shape[0])")
         let eps = c.rmsNormEpsilon, base = Float(c.ropeBase)
+        if let steering {
+            precondition(steering.selection.shape == [input.shape[0], steering.perLayer.shape[1]]
+                         && steering.perLayer.shape == [c.layerCount - 1, steering.perLayer.shape[1], c.hiddenSize],
+                         "LlamaGraph: steering \(steering.selection.shape) x \(steering.perLayer.shape) does not fit the input")
+        }
         var x = input
-        for w in layers {
+        for (index, w) in layers.enumerated() {
+            if let steering, index > 0 {
+                let vectors = steering.perLayer.slice(axis: 0, (index - 1)..<index)
+                    .reshaped([steering.perLayer.shape[1], c.hiddenSize])
+                x = x + matmul(steering.selection, vectors)
+            }
             let h = x.rmsNorm(weight: w.attentionNorm, eps: eps)
             let q = linear(h, weight: w.q), k = linear(h, weight: w.k), v = linear(h, weight: w.v)
             // [heads, count, headDim] of rows start..<start+count, keys and queries rotated to `firstPosition`...

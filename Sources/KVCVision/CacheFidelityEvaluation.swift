@@ -101,7 +101,7 @@ public struct CacheFidelityEvaluation {
             for q in prompt.questions {
                 prefilled.rewind()
                 var lastQueries = [[Float]](repeating: [], count: c.layerCount)
-                let logits = try llama.forward(embeddings: llama.embed(model.suffix(question: q.text)).embeddings,
+                let logits = try llama.forward(model.suffix(question: q.text),
                                                cache: prefilled.cache, logits: .last) { layer, queries, count, _ in
                     lastQueries[layer] = Array(UnsafeBufferPointer(start: queries + (count - 1) * width, count: width))
                 }

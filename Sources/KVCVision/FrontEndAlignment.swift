@@ -232,7 +232,8 @@ public final class FrontEndAlignment {
     /// One optimisation step on `batch`; stops on a non-finite loss or gradient, naming the step.
     func trainStep(_ batch: Batch, step: Int, optimizers: [AdamW]) throws -> (loss: Double, gradNorm: Float) {
         for o in optimizers { o.zeroGrad() }
-        let logits = graph.logits(input: batch.input, packing: batch.packing, logitRows: batch.rows)
+        let logits = graph.logits(input: batch.input, packing: batch.packing, logitRows: batch.rows,
+                                  steering: steering(promptRows: batch.promptRows, totalRows: batch.input.shape[0]))
         let loss = crossEntropyLoss(logits: logits, targets: batch.targets)
         let value = Double(loss.data[0])
         try NumericalFault.checkLoss(value, step: step + 1, context: "front-end alignment")
@@ -256,6 +257,19 @@ public final class FrontEndAlignment {
         var rows: [Int]
         var targets: [Int]
         var questions: Int
+        /// First row of each question prompt in `input` (empty without one).
+        var promptRows: [Int] = []
+    }
+
+    /// The deep question prompt's residual vectors routed to its rows of a packed batch (nil for a shallow prompt).
+    private func steering(promptRows: [Int], totalRows: Int) -> LlamaGraph.Steering? {
+        guard let questionPrompt, let perLayer = questionPrompt.layerResidual else { return nil }
+        let n = questionPrompt.count
+        let selection = Tensor.zeros([totalRows, n])
+        for start in promptRows {
+            for p in 0..<n { selection.data[(start + p) * n + p] = 1 }
+        }
+        return LlamaGraph.Steering(selection: selection, perLayer: perLayer)
     }
 
     /// The images of `step`: position `step * imagesPerStep + b` of the epoch's seeded permutation.
@@ -276,7 +290,7 @@ public final class FrontEndAlignment {
         let imageTokens = frontEnd(pixels)   // [B, tokens, hidden]
         let perImage = frontEnd.tokensPerImage
         var pieces: [Tensor] = [], groups: [LlamaGraph.Packing.Group] = []
-        var rows: [Int] = [], targets: [Int] = []
+        var rows: [Int] = [], targets: [Int] = [], promptRows: [Int] = []
         var offset = 0, questions = 0
         for (b, id) in ids.enumerated() {
             var qs = trainByImage[id]!
@@ -292,8 +306,9 @@ public final class FrontEndAlignment {
             offset += prefix
             var suffixes: [Int] = []
             for q in qs {
-                let (suffix, answerTargets) = suffixRows(question: q)
+                let (suffix, promptStart, answerTargets) = suffixRows(question: q)
                 pieces.append(suffix)
+                if let promptStart { promptRows.append(offset + promptStart) }
                 let length = suffix.shape[0]
                 // The last prompt row predicts the first answer token; each answer row predicts the next.
                 let firstTarget = length - answerTargets.count
@@ -308,24 +323,25 @@ public final class FrontEndAlignment {
             questions += qs.count
         }
         return Batch(input: Tensor.concat(pieces, axis: 0), packing: .init(groups: groups), rows: rows, targets: targets,
-                     questions: questions)
+                     questions: questions, promptRows: promptRows)
     }
 
     /// Suffix rows (question, question prompt, assistant prompt, then every answer token: each predicts the next
     /// target) and the targets of its final rows: the answer tokens followed by end-of-turn.
-    func suffixRows(question q: EasyVQA.Question) -> (rows: Tensor, targets: [Int]) {
+    func suffixRows(question q: EasyVQA.Question) -> (rows: Tensor, promptStart: Int?, targets: [Int]) {
         let answer = prompt.answer(q.answer, tokenizer: tokenizer)
         let targets = answer + (prompt.endOfTurn.map { [$0] } ?? [])
         // Targets sit on the last prompt row and every answer row: targets.count rows ending at the last row.
-        return (promptRows(question: q.text, then: answer), targets)
+        let (rows, promptStart) = suffixRows(question: q.text, then: answer)
+        return (rows, promptStart, targets)
     }
 
-    /// The embedded suffix of `question` followed by `extra` tokens; the question prompt's rows are its own tensor,
-    /// so gradients reach it.
-    private func promptRows(question: String, then extra: [Int] = []) -> Tensor {
-        guard let questionPrompt else { return graph.embed(suffixIDs(question) + extra) }
+    /// The embedded suffix of `question` followed by `extra` tokens, and the row where the question prompt starts;
+    /// the question prompt's rows are its own tensor, so gradients reach it.
+    private func suffixRows(question: String, then extra: [Int] = []) -> (rows: Tensor, promptStart: Int?) {
+        guard let questionPrompt else { return (graph.embed(suffixIDs(question) + extra), nil) }
         let (ids, end) = prompt.questionAndEnd(question, tokenizer: tokenizer)
-        return Tensor.concat([graph.embed(ids), questionPrompt.tokens, graph.embed(end + extra)], axis: 0)
+        return (Tensor.concat([graph.embed(ids), questionPrompt.tokens, graph.embed(end + extra)], axis: 0), ids.count)
     }
 
     /// Suffix ids without a question prompt, tokenized as `VisionPrompt.suffix` does.
@@ -369,7 +385,7 @@ public final class FrontEndAlignment {
                 }
                 let tokens = frontEnd(pixels)
                 var pieces: [Tensor] = [], groups: [LlamaGraph.Packing.Group] = [], rows: [Int] = [], expected: [Int] = []
-                var kinds: [Int] = []
+                var kinds: [Int] = [], promptRows: [Int] = []
                 var offset = 0
                 for (b, entry) in part.enumerated() {
                     let image = tokens.slice(axis: 0, b..<(b + 1)).reshaped([frontEnd.tokensPerImage, graph.config.hiddenSize])
@@ -378,7 +394,8 @@ public final class FrontEndAlignment {
                     offset += prefix
                     var suffixes: [Int] = []
                     for q in entry.value {
-                        let suffix = promptRows(question: q.text)
+                        let (suffix, promptStart) = suffixRows(question: q.text)
+                        if let promptStart { promptRows.append(offset + promptStart) }
                         pieces.append(suffix)
                         offset += suffix.shape[0]
                         rows.append(offset - 1)
@@ -388,7 +405,9 @@ public final class FrontEndAlignment {
                     }
                     groups.append(.init(prefix: prefix, suffixes: suffixes))
                 }
-                let logits = graph.logits(input: Tensor.concat(pieces, axis: 0), packing: .init(groups: groups), logitRows: rows)
+                let input = Tensor.concat(pieces, axis: 0)
+                let logits = graph.logits(input: input, packing: .init(groups: groups), logitRows: rows,
+                                          steering: steering(promptRows: promptRows, totalRows: input.shape[0]))
                 let vocab = graph.config.vocabularySize
                 for (r, want) in expected.enumerated() {
                     let row = logits.data + r * vocab

@@ -21,6 +21,8 @@ public struct FrontEndRecipe {
     public var alignment: FrontEndAlignment.Options
     /// The text whose token embeddings start the learned question prompt (nil: no question prompt).
     public var questionPromptInitText: String?
+    /// Whether the question prompt also steers every later layer (`QuestionPrompt.layerResidual`).
+    public var questionPromptDeep = false
 
     public init(_ recipe: RecipeSection) throws {
         file = recipe.file
@@ -72,6 +74,7 @@ public struct FrontEndRecipe {
                 throw KVCError.file(file, "question_prompt.init_text must be 1 to 400 characters")
             }
             questionPromptInitText = text
+            questionPromptDeep = try q.bool("deep", default: false)
             try q.finish()
         }
         try recipe.finish()
@@ -119,9 +122,13 @@ public struct FrontEndRecipe {
                 throw KVCError.file(self.file, "question_prompt.init_text gives \(ids.count) tokens, expected 1 to 256")
             }
             let start = graph.embed(ids)
+            // A deep prompt's residual vectors start at zero: at step 0 it is the shallow prompt of `init_text`.
+            let residual = questionPromptDeep
+                ? Tensor.zeros([graph.config.layerCount - 1, ids.count, graph.config.hiddenSize], requiresGrad: true) : nil
             questionPrompt = QuestionPrompt(tokens: Tensor(shape: start.shape, values: start.scalars, requiresGrad: true),
-                                            frontEndDigest: "", initText: text)
-            log("question prompt: \(ids.count) learned tokens after the question, starting from \"\(text)\"")
+                                            layerResidual: residual, frontEndDigest: "", initText: text)
+            log("question prompt: \(ids.count) learned tokens after the question\(questionPromptDeep ? ", steering every layer" : ""), "
+                + "starting from \"\(text)\"")
         }
         let trainer = FrontEndAlignment(graph: graph, tokenizer: tokenizer, frontEnd: frontEnd, questionPrompt: questionPrompt,
                                         train: train, test: test, options: alignment, runDirectory: runDirectory)

@@ -1,4 +1,5 @@
 import Foundation
+import KVCBackbone
 import KVCCore
 import KVCTensor
 
@@ -11,12 +12,19 @@ import KVCTensor
 /// whatever the image shows). Tokens after the question attend to both the image and the question at every layer,
 /// so training them (and nothing else) can make the frozen layers carry out the comparison.
 ///
+/// A *deep* question prompt also learns, per later layer, a vector added to the residual stream of each of its
+/// positions (P-Tuning v2, Liu et al. 2022): shallow prompts are known to be weak on small models, and the frozen
+/// layers then read a learned query at every depth. The layers' code is unchanged (`PromptPiece.layered`).
+///
 /// They are stored in their own file, next to the front end (`companionPath(of:)`), because they do not change a
 /// single image token: caches collected and adapters fitted with the front end stay valid. The file records the
 /// digest of the front end it was trained with and refuses any other.
 public final class QuestionPrompt: Module {
     /// `[count, hidden]`.
     public let tokens: Tensor
+    /// `[layers - 1, count, hidden]`: added to the residual stream of the prompt's positions before layers 1...
+    /// (nil: a shallow prompt, input embeddings only).
+    public let layerResidual: Tensor?
     /// XXH3-128 of the front-end file these tokens were trained with.
     public var frontEndDigest: String
     /// The text whose token embeddings initialised the tokens (provenance only).
@@ -24,18 +32,26 @@ public final class QuestionPrompt: Module {
 
     public static let checkpointKind = "kvc-question-prompt"
 
-    public init(tokens: Tensor, frontEndDigest: String, initText: String = "") {
+    public init(tokens: Tensor, layerResidual: Tensor? = nil, frontEndDigest: String, initText: String = "") {
         precondition(tokens.rank == 2, "QuestionPrompt: tokens must be [count, hidden], got \(tokens.shape)")
+        precondition(layerResidual.map { $0.rank == 3 && Array($0.shape.dropFirst()) == tokens.shape } ?? true,
+                     "QuestionPrompt: layer residual \(layerResidual?.shape ?? []) does not match tokens \(tokens.shape)")
         self.tokens = tokens
+        self.layerResidual = layerResidual
         self.frontEndDigest = frontEndDigest
         self.initText = initText
     }
 
     public var count: Int { tokens.shape[0] }
-    public var namedParameters: [(name: String, tensor: Tensor)] { [("tokens", tokens)] }
+    public var namedParameters: [(name: String, tensor: Tensor)] {
+        [("tokens", tokens)] + (layerResidual.map { [("layer_residual", $0)] } ?? [])
+    }
 
     /// The prompt piece the decoder reads (a copy of the current values).
-    public var piece: (embeddings: [Float], count: Int) { (tokens.scalars, count) }
+    public var piece: PromptPiece {
+        guard let layerResidual else { return .embeddings(tokens.scalars, count: count) }
+        return .layered(tokens.scalars, count: count, residual: layerResidual.scalars)
+    }
 
     /// `X.safetensors` → `X.question-prompt.safetensors`: where a front end's question prompt lives.
     public static func companionPath(of frontEndPath: String) -> String {
@@ -48,9 +64,10 @@ public final class QuestionPrompt: Module {
                                                    "init_text": initText])
     }
 
-    /// Loads a question prompt, refusing another kind of file, a width other than `hidden`, more than 256 tokens or
-    /// tokens trained with another front end (`frontEndDigest`, when given).
-    public static func load(from path: String, hidden: Int, expectingFrontEnd frontEndDigest: String?) throws -> QuestionPrompt {
+    /// Loads a question prompt, refusing another kind of file, a width other than `hidden`, more than 256 tokens, a
+    /// layer residual for another layer count, or tokens trained with another front end (`frontEndDigest`, if given).
+    public static func load(from path: String, hidden: Int, layers: Int,
+                            expectingFrontEnd frontEndDigest: String?) throws -> QuestionPrompt {
         let file = try SafetensorsFile(path: path)
         guard file.metadata["kind"] == checkpointKind else {
             throw KVCError.file(path, "metadata kind is \(file.metadata["kind"].map { "'\($0)'" } ?? "missing"), "
@@ -66,8 +83,17 @@ public final class QuestionPrompt: Module {
             throw KVCError.file(path, "question prompt was trained with front end \(trainedWith.isEmpty ? "(unknown)" : trainedWith), "
                                 + "this front end is \(frontEndDigest)")
         }
-        let prompt = QuestionPrompt(tokens: .zeros(shape, requiresGrad: true), frontEndDigest: trainedWith,
-                                    initText: file.metadata["init_text"] ?? "")
+        var layerResidual: Tensor?
+        if file.contains("layer_residual") {
+            let deep = try file.info("layer_residual").shape
+            guard deep == [layers - 1] + shape else {
+                throw KVCError.file(path, "tensor 'layer_residual' has shape \(deep), expected \([layers - 1] + shape) "
+                                    + "(\(layers) layers)")
+            }
+            layerResidual = .zeros(deep, requiresGrad: true)
+        }
+        let prompt = QuestionPrompt(tokens: .zeros(shape, requiresGrad: true), layerResidual: layerResidual,
+                                    frontEndDigest: trainedWith, initText: file.metadata["init_text"] ?? "")
         try prompt.load(from: path)
         return prompt
     }

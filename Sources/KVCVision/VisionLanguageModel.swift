@@ -54,7 +54,8 @@ public final class VisionLanguageModel {
             promptPath = FileManager.default.fileExists(atPath: path) ? path : nil
         }
         if let promptPath {
-            let learned = try QuestionPrompt.load(from: promptPath, hidden: backbone.model.config.hiddenSize,
+            let c = backbone.model.config
+            let learned = try QuestionPrompt.load(from: promptPath, hidden: c.hiddenSize, layers: c.layerCount,
                                                   expectingFrontEnd: Checksum.xxh128(file: frontEndPath))
             prompt.questionPrompt = learned.piece
         }

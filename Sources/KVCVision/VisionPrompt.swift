@@ -18,7 +18,7 @@ public struct VisionPrompt: Sendable {
     /// Text after the question: the end of the user turn and the assistant prompt.
     public let questionEnd: String
     /// Learned tokens after the question (`QuestionPrompt.piece`), if the front end has them.
-    public var questionPrompt: (embeddings: [Float], count: Int)?
+    public var questionPrompt: PromptPiece?
 
     public init(tokenizer: BPETokenizer) {
         self.init(tokenizer: tokenizer, userStart: "<|im_start|>user\n", imageOpen: "<image>", imageClose: "</image>\n",
@@ -39,7 +39,7 @@ public struct VisionPrompt: Sendable {
     public func suffix(question: String, tokenizer: BPETokenizer) -> [PromptPiece] {
         guard let learned = questionPrompt else { return [.tokens(tokenizer.encode(question + questionEnd))] }
         let (ids, end) = questionAndEnd(question, tokenizer: tokenizer)
-        return [.tokens(ids), .embeddings(learned.embeddings, count: learned.count), .tokens(end)]
+        return [.tokens(ids), learned, .tokens(end)]
     }
 
     /// Token ids of the question and of the end of the user turn with the assistant prompt, tokenized apart (the

@@ -60,6 +60,29 @@ final class LlamaGraphTests: XCTestCase {
         }
         XCTAssertTrue(result.passed, "\(result)")
     }
+
+    /// Steering vectors reach the rows the selection names, from layer 1 on, and their gradients are right.
+    func testSteeringGradientsAndRows() {
+        let graph = tinyGraph(seed: 7)
+        var rng = SeededRandom(seed: 8)
+        let input = Tensor.randn([6, 16], rng: &rng)
+        let perLayer = Tensor.randn([1, 2, 16], std: 0.5, rng: &rng)
+        let selection = Tensor.zeros([6, 2])
+        selection.data[3 * 2 + 0] = 1   // rows 3 and 4 carry vectors 0 and 1
+        selection.data[4 * 2 + 1] = 1
+        let result = gradCheck([input, perLayer]) { xs in
+            graph.logits(input: xs[0], lengths: [6], logitRows: [2, 5],
+                         steering: .init(selection: selection, perLayer: xs[1]))
+        }
+        XCTAssertTrue(result.passed, "\(result)")
+        // Causal: rows before the steered ones are untouched; a later row sees them.
+        let (plain, steered) = Tensor.withNoGrad {
+            (graph.logits(input: input, lengths: [6], logitRows: [2, 5]),
+             graph.logits(input: input, lengths: [6], logitRows: [2, 5], steering: .init(selection: selection, perLayer: perLayer)))
+        }
+        for j in 0..<11 { XCTAssertEqual(plain.data[j], steered.data[j]) }
+        XCTAssertNotEqual(Array(plain.scalars[11...]), Array(steered.scalars[11...]))
+    }
 }
 
 /// The training graph over the real SmolLM2 weights against the independent numpy float64 reference
@@ -87,6 +110,38 @@ final class LlamaGraphReferenceTests: XCTestCase {
                 let id = entry["id"] as! Int, want = Float(entry["logit"] as! Double)
                 XCTAssertEqual(logits.data[r * vocab + id], want, accuracy: 1e-3 * max(1, abs(want)), "row \(r) token \(id)")
             }
+        }
+    }
+
+    /// A `layered` prompt piece in the inference decoder steers exactly as `LlamaGraph.Steering` does in training.
+    func testLayeredPieceMatchesTheTrainingGraphsSteering() throws {
+        let file = try GGUFFile(path: TestPaths.realModelPath())
+        let graph = try LlamaGraph(file: file), model = try LlamaModel(file: file)
+        let c = graph.config
+        var rng = SeededRandom(seed: 3)
+        let before = [1, 504, 3340, 314], after = [2, 198]
+        let vectors = Tensor.randn([2, c.hiddenSize], std: 0.05, rng: &rng)
+        let perLayer = Tensor.randn([c.layerCount - 1, 2, c.hiddenSize], std: 0.2, rng: &rng)
+        let selection = Tensor.zeros([8, 2])
+        selection.data[4 * 2 + 0] = 1
+        selection.data[5 * 2 + 1] = 1
+        let trained = Tensor.withNoGrad {
+            graph.logits(input: Tensor.concat([graph.embed(before), vectors, graph.embed(after)], axis: 0), lengths: [8],
+                         logitRows: [7], steering: .init(selection: selection, perLayer: perLayer))
+        }
+        let served = try model.forward([.tokens(before), .layered(vectors.scalars, count: 2, residual: perLayer.scalars),
+                                        .tokens(after)], cache: model.makeCache(precision: .float32))
+        let plain = try model.forward([.tokens(before), .embeddings(vectors.scalars, count: 2), .tokens(after)],
+                                      cache: model.makeCache(precision: .float32))
+        var worst: Float = 0, moved: Float = 0
+        for j in 0..<c.vocabularySize {
+            worst = max(worst, abs(served[j] - trained.data[j]))
+            moved = max(moved, abs(served[j] - plain[j]))
+        }
+        XCTAssertLessThan(worst, 2e-3, "inference and training disagree on a steered prompt")
+        XCTAssertGreaterThan(moved, 0.1, "the residual vectors did not change the logits")
+        XCTAssertThrowsError(try model.forward([.layered(vectors.scalars, count: 2, residual: [1, 2])], cache: model.makeCache())) {
+            XCTAssertTrue("\($0)".contains("residual values for 2 positions"), "\($0)")
         }
     }
 }

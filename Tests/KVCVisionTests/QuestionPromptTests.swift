@@ -17,7 +17,7 @@ final class QuestionPromptTests: XCTestCase {
         let plain = prompt.suffix(question: question, tokenizer: tokenizer)
         guard case .tokens(let plainIDs) = plain.first, plain.count == 1 else { return XCTFail("plain suffix \(plain)") }
 
-        prompt.questionPrompt = ([Float](repeating: 0.25, count: 3 * 576), 3)
+        prompt.questionPrompt = .embeddings([Float](repeating: 0.25, count: 3 * 576), count: 3)
         let pieces = prompt.suffix(question: question, tokenizer: tokenizer)
         XCTAssertEqual(pieces.count, 3)
         XCTAssertEqual(pieces[1], .embeddings([Float](repeating: 0.25, count: 3 * 576), count: 3))
@@ -36,20 +36,20 @@ final class QuestionPromptTests: XCTestCase {
         let path = QuestionPrompt.companionPath(of: dir + "/front.safetensors")
         XCTAssertEqual(path, dir + "/front.question-prompt.safetensors")
         try prompt.save(to: path)
-        let loaded = try QuestionPrompt.load(from: path, hidden: 576, expectingFrontEnd: "fe1")
+        let loaded = try QuestionPrompt.load(from: path, hidden: 576, layers: 30, expectingFrontEnd: "fe1")
         XCTAssertEqual(loaded.tokens.scalars, prompt.tokens.scalars)
         XCTAssertEqual(loaded.initText, " Look.")
-        XCTAssertThrowsError(try QuestionPrompt.load(from: path, hidden: 576, expectingFrontEnd: "fe2")) {
+        XCTAssertThrowsError(try QuestionPrompt.load(from: path, hidden: 576, layers: 30, expectingFrontEnd: "fe2")) {
             XCTAssertTrue("\($0)".contains("trained with front end fe1"), "\($0)")
         }
-        XCTAssertThrowsError(try QuestionPrompt.load(from: path, hidden: 960, expectingFrontEnd: nil)) {
+        XCTAssertThrowsError(try QuestionPrompt.load(from: path, hidden: 960, layers: 30, expectingFrontEnd: nil)) {
             XCTAssertTrue("\($0)".contains("expected [1...256, 960]"), "\($0)")
         }
         // A front-end checkpoint is not a question prompt.
         let frontEndPath = dir + "/front.safetensors"
         try FrontEnd(encoder: try VisionEncoder(rng: &rng),
                      projector: Projector(inputDim: 128, hiddenDim: 8, outputDim: 576, rng: &rng)).save(to: frontEndPath)
-        XCTAssertThrowsError(try QuestionPrompt.load(from: frontEndPath, hidden: 576, expectingFrontEnd: nil)) {
+        XCTAssertThrowsError(try QuestionPrompt.load(from: frontEndPath, hidden: 576, layers: 30, expectingFrontEnd: nil)) {
             XCTAssertTrue("\($0)".contains("expected 'kvc-question-prompt'"), "\($0)")
         }
     }
