@@ -29,6 +29,9 @@ public final class FrontEndAlignment {
         public var encoderLearningRateScale: Float = 0
         /// The projector's rate as a multiple of the base rate (0 = frozen projector: only a question prompt trains).
         public var projectorLearningRateScale: Float = 1
+        /// A deep question prompt's residual vectors' rate as a multiple of the base rate. They start at zero and must
+        /// grow to the scale of the residual stream, far above the input embeddings', so they learn faster.
+        public var questionPromptResidualLearningRateScale: Float = 1
         /// Sample each image's yes/no questions so that, for every question text, "yes" and "no" are equally likely
         /// (`AnswerBalance`). Without it the decoder can score most yes/no questions from the text alone and never
         /// learns to look at the image for them.
@@ -46,6 +49,7 @@ public final class FrontEndAlignment {
             case learningRate = "learning_rate", minLearningRate = "min_learning_rate", warmupSteps = "warmup_steps"
             case weightDecay = "weight_decay", clipNorm = "clip_norm", encoderLearningRateScale = "encoder_lr_scale"
             case projectorLearningRateScale = "projector_lr_scale"
+            case questionPromptResidualLearningRateScale = "question_prompt_residual_lr_scale"
             case balanceYesNo = "balance_yes_no", initFrom = "init_from"
             case evalEvery = "eval_every", evalQuestions = "eval_questions", checkpointEvery = "checkpoint_every", seed
         }
@@ -118,13 +122,18 @@ public final class FrontEndAlignment {
             ("projector", frontEnd.projector.parameters, options.projectorLearningRateScale),
             ("encoder", frontEnd.encoder.parameters, options.encoderLearningRateScale),
         ]
-        if let questionPrompt { parts.append(("question_prompt", questionPrompt.parameters, 1)) }
+        if let questionPrompt {
+            parts.append(("question_prompt", [questionPrompt.tokens], 1))
+            if let residual = questionPrompt.layerResidual {
+                parts.append(("question_prompt_residual", [residual], options.questionPromptResidualLearningRateScale))
+            }
+        }
         var groups: [String: AdamW] = [:], scaled: [(AdamW, Float)] = []
         for part in parts {
             for p in part.parameters { p.requiresGrad = part.scale > 0 }
             guard part.scale > 0 else { continue }
             // The question prompt's tokens are embeddings: decaying them toward zero would only shrink them.
-            let decay = part.name == "question_prompt" ? 0 : options.weightDecay
+            let decay = part.name.hasPrefix("question_prompt") ? 0 : options.weightDecay
             let optimizer = AdamW(parameters: part.parameters, learningRate: options.learningRate, weightDecay: decay)
             groups[part.name] = optimizer
             scaled.append((optimizer, part.scale))

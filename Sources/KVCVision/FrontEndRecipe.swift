@@ -75,6 +75,8 @@ public struct FrontEndRecipe {
             }
             questionPromptInitText = text
             questionPromptDeep = try q.bool("deep", default: false)
+            alignment.questionPromptResidualLearningRateScale = Float(try q.double("residual_lr_scale", default: 1,
+                                                                                   range: 0...1000))
             try q.finish()
         }
         try recipe.finish()

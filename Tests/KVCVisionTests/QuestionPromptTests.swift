@@ -85,4 +85,37 @@ final class QuestionPromptTests: XCTestCase {
         XCTAssertNotEqual(prompt.tokens.scalars, start.scalars)
         XCTAssertEqual(frontEnd.parameters.map(\.scalars), frozen, "the frozen front end changed")
     }
+
+    /// The VLM takes the front end's companion prompt by default, none on request, and refuses one trained with
+    /// another front end.
+    func testVisionLanguageModelLoadsTheCompanionPrompt() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        var rng = SeededRandom(seed: 5)
+        let frontEndPath = dir + "/front.safetensors"
+        try FrontEnd(encoder: try VisionEncoder(rng: &rng),
+                     projector: Projector(inputDim: 128, hiddenDim: 8, outputDim: 576, rng: &rng)).save(to: frontEndPath)
+        let model = try TestSupport.modelPath()
+        let plain = try VisionLanguageModel.load(modelPath: model, frontEndPath: frontEndPath)
+        XCTAssertNil(plain.questionPromptPath)
+        XCTAssertNil(plain.prompt.questionPrompt)
+
+        let prompt = QuestionPrompt(tokens: Tensor.uniform([2, 576], low: -1, high: 1, rng: &rng),
+                                    layerResidual: Tensor.uniform([29, 2, 576], low: -1, high: 1, rng: &rng),
+                                    frontEndDigest: try Checksum.xxh128(file: frontEndPath))
+        let companion = QuestionPrompt.companionPath(of: frontEndPath)
+        try prompt.save(to: companion)
+        let steered = try VisionLanguageModel.load(modelPath: model, frontEndPath: frontEndPath)
+        XCTAssertEqual(steered.questionPromptPath, companion)
+        XCTAssertEqual(steered.prompt.questionPrompt, prompt.piece)
+        XCTAssertEqual(steered.suffix(question: "What shape is it?").positionCount,
+                       plain.suffix(question: "What shape is it?").positionCount + 2)
+        XCTAssertNil(try VisionLanguageModel.load(modelPath: model, frontEndPath: frontEndPath, questionPrompt: .none)
+            .prompt.questionPrompt)
+
+        prompt.frontEndDigest = "0123"
+        try prompt.save(to: companion)
+        XCTAssertThrowsError(try VisionLanguageModel.load(modelPath: model, frontEndPath: frontEndPath)) {
+            XCTAssertTrue("\($0)".contains("trained with front end 0123"), "\($0)")
+        }
+    }
 }
