@@ -110,8 +110,30 @@ public final class LlamaGraph {
         }
     }
 
-    /// Normalised last hidden states of `rows` (`[rows.count, hidden]`).
-    public func finalHidden(input: Tensor, packing: Packing, rows: [Int], steering: Steering? = nil) -> Tensor {
+    /// Median root-mean-square of the residual stream's rows at the input of every layer after the first (what a
+    /// steering vector must be measured against: it grows about 15-fold through SmolLM2's 30 layers). The median,
+    /// because a few positions (the first token) carry outsized activations.
+    public func residualRMS(input: Tensor, lengths: [Int]) -> [Float] {
+        var rms: [Float] = []
+        _ = Tensor.withNoGrad {
+            finalHidden(input: input, packing: Packing(lengths: lengths), rows: [0]) { index, x in
+                guard index > 0 else { return }
+                let width = x.shape[1]
+                let rowRMS = (0..<x.shape[0]).map { r -> Float in
+                    var s: Float = 0
+                    for j in 0..<width { s += x.data[r * width + j] * x.data[r * width + j] }
+                    return (s / Float(width)).squareRoot()
+                }.sorted()
+                rms.append(rowRMS.isEmpty ? 0 : rowRMS[rowRMS.count / 2])
+            }
+        }
+        return rms
+    }
+
+    /// Normalised last hidden states of `rows` (`[rows.count, hidden]`). `observeResidual` sees the residual stream
+    /// at the input of each layer (index, `[rows, hidden]`).
+    public func finalHidden(input: Tensor, packing: Packing, rows: [Int], steering: Steering? = nil,
+                            observeResidual: ((Int, Tensor) -> Void)? = nil) -> Tensor {
         let c = config
         precondition(input.rank == 2 && input.shape[1] == c.hiddenSize, "LlamaGraph: input \(input.shape), expected [rows, \(c.hiddenSize)]")
         precondition(packing.rows == input.shape[0], "LlamaGraph: packing covers \(packing.rows) rows, input has \(input.shape[0])")
@@ -128,6 +150,7 @@ public final class LlamaGraph {
                     .reshaped([steering.perLayer.shape[1], c.hiddenSize])
                 x = x + matmul(steering.selection, vectors)
             }
+            observeResidual?(index, x)
             let h = x.rmsNorm(weight: w.attentionNorm, eps: eps)
             let q = linear(h, weight: w.q), k = linear(h, weight: w.k), v = linear(h, weight: w.v)
             // [heads, count, headDim] of rows start..<start+count, keys and queries rotated to `firstPosition`...

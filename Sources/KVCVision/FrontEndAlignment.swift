@@ -272,7 +272,7 @@ public final class FrontEndAlignment {
 
     /// The deep question prompt's residual vectors routed to its rows of a packed batch (nil for a shallow prompt).
     private func steering(promptRows: [Int], totalRows: Int) -> LlamaGraph.Steering? {
-        guard let questionPrompt, let perLayer = questionPrompt.layerResidual else { return nil }
+        guard let questionPrompt, let perLayer = questionPrompt.scaledLayerResidual else { return nil }
         let n = questionPrompt.count
         let selection = Tensor.zeros([totalRows, n])
         for start in promptRows {

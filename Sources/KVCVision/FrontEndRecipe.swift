@@ -124,11 +124,19 @@ public struct FrontEndRecipe {
                 throw KVCError.file(self.file, "question_prompt.init_text gives \(ids.count) tokens, expected 1 to 256")
             }
             let start = graph.embed(ids)
-            // A deep prompt's residual vectors start at zero: at step 0 it is the shallow prompt of `init_text`.
-            let residual = questionPromptDeep
-                ? Tensor.zeros([graph.config.layerCount - 1, ids.count, graph.config.hiddenSize], requiresGrad: true) : nil
+            // A deep prompt's residual vectors start at zero: at step 0 it is the shallow prompt of `init_text`. They
+            // are learned in units of the stream's RMS per layer, measured on the plain prompt text.
+            var residual: Tensor?, scale: [Float]?
+            if questionPromptDeep {
+                residual = Tensor.zeros([graph.config.layerCount - 1, ids.count, graph.config.hiddenSize], requiresGrad: true)
+                let sample = tokenizer.encode("<|im_start|>user\nIs there a red shape in the image?" + text
+                                              + "<|im_end|>\n<|im_start|>assistant\n")
+                scale = graph.residualRMS(input: graph.embed(sample), lengths: [sample.count])
+                log("question prompt: residual stream RMS per layer " + scale!.map { String(format: "%.2f", $0) }.joined(separator: " "))
+            }
             questionPrompt = QuestionPrompt(tokens: Tensor(shape: start.shape, values: start.scalars, requiresGrad: true),
-                                            layerResidual: residual, frontEndDigest: "", initText: text)
+                                            layerResidual: residual, layerResidualScale: scale, frontEndDigest: "",
+                                            initText: text)
             log("question prompt: \(ids.count) learned tokens after the question\(questionPromptDeep ? ", steering every layer" : ""), "
                 + "starting from \"\(text)\"")
         }

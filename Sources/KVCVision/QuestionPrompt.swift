@@ -22,9 +22,12 @@ import KVCTensor
 public final class QuestionPrompt: Module {
     /// `[count, hidden]`.
     public let tokens: Tensor
-    /// `[layers - 1, count, hidden]`: added to the residual stream of the prompt's positions before layers 1...
-    /// (nil: a shallow prompt, input embeddings only).
+    /// `[layers - 1, count, hidden]`, in units of `layerResidualScale`: what is added to the residual stream of the
+    /// prompt's positions before layers 1... (nil: a shallow prompt, input embeddings only).
     public let layerResidual: Tensor?
+    /// `[layers - 1]`: the residual stream's typical RMS at each of those layers, so that one optimizer step moves
+    /// every layer's vector by the same fraction of what it steers (the stream grows ~15-fold with depth).
+    public let layerResidualScale: [Float]
     /// XXH3-128 of the front-end file these tokens were trained with.
     public var frontEndDigest: String
     /// The text whose token embeddings initialised the tokens (provenance only).
@@ -32,12 +35,16 @@ public final class QuestionPrompt: Module {
 
     public static let checkpointKind = "kvc-question-prompt"
 
-    public init(tokens: Tensor, layerResidual: Tensor? = nil, frontEndDigest: String, initText: String = "") {
+    public init(tokens: Tensor, layerResidual: Tensor? = nil, layerResidualScale: [Float]? = nil, frontEndDigest: String,
+                initText: String = "") {
         precondition(tokens.rank == 2, "QuestionPrompt: tokens must be [count, hidden], got \(tokens.shape)")
         precondition(layerResidual.map { $0.rank == 3 && Array($0.shape.dropFirst()) == tokens.shape } ?? true,
                      "QuestionPrompt: layer residual \(layerResidual?.shape ?? []) does not match tokens \(tokens.shape)")
         self.tokens = tokens
         self.layerResidual = layerResidual
+        self.layerResidualScale = layerResidualScale ?? [Float](repeating: 1, count: layerResidual?.shape[0] ?? 0)
+        precondition(self.layerResidualScale.count == (layerResidual?.shape[0] ?? 0),
+                     "QuestionPrompt: \(self.layerResidualScale.count) layer scales for \(layerResidual?.shape[0] ?? 0) layers")
         self.frontEndDigest = frontEndDigest
         self.initText = initText
     }
@@ -47,10 +54,15 @@ public final class QuestionPrompt: Module {
         [("tokens", tokens)] + (layerResidual.map { [("layer_residual", $0)] } ?? [])
     }
 
+    /// The vectors added to the residual stream, `[layers - 1, count, hidden]` (differentiable in `layerResidual`).
+    public var scaledLayerResidual: Tensor? {
+        layerResidual.map { $0 * Tensor(shape: [layerResidualScale.count, 1, 1], values: layerResidualScale) }
+    }
+
     /// The prompt piece the decoder reads (a copy of the current values).
     public var piece: PromptPiece {
-        guard let layerResidual else { return .embeddings(tokens.scalars, count: count) }
-        return .layered(tokens.scalars, count: count, residual: layerResidual.scalars)
+        guard let residual = Tensor.withNoGrad({ scaledLayerResidual }) else { return .embeddings(tokens.scalars, count: count) }
+        return .layered(tokens.scalars, count: count, residual: residual.scalars)
     }
 
     /// `X.safetensors` → `X.question-prompt.safetensors`: where a front end's question prompt lives.
@@ -60,8 +72,9 @@ public final class QuestionPrompt: Module {
     }
 
     public func save(to path: String) throws {
-        try save(to: path, dtype: .f32, metadata: ["kind": Self.checkpointKind, "front_end_digest": frontEndDigest,
-                                                   "init_text": initText])
+        var metadata = ["kind": Self.checkpointKind, "front_end_digest": frontEndDigest, "init_text": initText]
+        if layerResidual != nil { metadata["layer_residual_scale"] = layerResidualScale.map { "\($0)" }.joined(separator: ",") }
+        try save(to: path, dtype: .f32, metadata: metadata)
     }
 
     /// Loads a question prompt, refusing another kind of file, a width other than `hidden`, more than 256 tokens, a
@@ -83,7 +96,7 @@ public final class QuestionPrompt: Module {
             throw KVCError.file(path, "question prompt was trained with front end \(trainedWith.isEmpty ? "(unknown)" : trainedWith), "
                                 + "this front end is \(frontEndDigest)")
         }
-        var layerResidual: Tensor?
+        var layerResidual: Tensor?, scale: [Float]?
         if file.contains("layer_residual") {
             let deep = try file.info("layer_residual").shape
             guard deep == [layers - 1] + shape else {
@@ -91,9 +104,15 @@ public final class QuestionPrompt: Module {
                                     + "(\(layers) layers)")
             }
             layerResidual = .zeros(deep, requiresGrad: true)
+            let values = (file.metadata["layer_residual_scale"] ?? "").split(separator: ",").compactMap { Float(String($0)) }
+            guard values.count == layers - 1, values.allSatisfy({ $0.isFinite && $0 > 0 }) else {
+                throw KVCError.file(path, "metadata 'layer_residual_scale' must hold \(layers - 1) positive numbers")
+            }
+            scale = values
         }
         let prompt = QuestionPrompt(tokens: .zeros(shape, requiresGrad: true), layerResidual: layerResidual,
-                                    frontEndDigest: trainedWith, initText: file.metadata["init_text"] ?? "")
+                                    layerResidualScale: scale, frontEndDigest: trainedWith,
+                                    initText: file.metadata["init_text"] ?? "")
         try prompt.load(from: path)
         return prompt
     }
