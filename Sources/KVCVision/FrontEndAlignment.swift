@@ -96,7 +96,9 @@ public final class FrontEndAlignment {
         self.runDirectory = runDirectory
         self.train = train
         self.test = test
-        prompt = VisionPrompt(tokenizer: tokenizer)
+        var prompt = VisionPrompt(tokenizer: tokenizer)
+        if let questionPrompt { prompt.questionPromptPlacement = questionPrompt.placement }
+        self.prompt = prompt
         trainByImage = Dictionary(grouping: train.questions.filter { train.images.row(of: $0.imageID) != nil }, by: \.imageID)
         trainImageIDs = trainByImage.keys.sorted()
         balance = AnswerBalance(train.questions)
@@ -349,8 +351,10 @@ public final class FrontEndAlignment {
     /// the question prompt's rows are its own tensor, so gradients reach it.
     private func suffixRows(question: String, then extra: [Int] = []) -> (rows: Tensor, promptStart: Int?) {
         guard let questionPrompt else { return (graph.embed(suffixIDs(question) + extra), nil) }
-        let (ids, end) = prompt.questionAndEnd(question, tokenizer: tokenizer)
-        return (Tensor.concat([graph.embed(ids), questionPrompt.tokens, graph.embed(end + extra)], axis: 0), ids.count)
+        let (before, after) = prompt.aroundQuestionPrompt(question, tokenizer: tokenizer)
+        let rest = after + extra
+        let parts = [graph.embed(before), questionPrompt.tokens] + (rest.isEmpty ? [] : [graph.embed(rest)])
+        return (Tensor.concat(parts, axis: 0), before.count)
     }
 
     /// Suffix ids without a question prompt, tokenized as `VisionPrompt.suffix` does.

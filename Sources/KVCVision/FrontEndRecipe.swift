@@ -23,6 +23,7 @@ public struct FrontEndRecipe {
     public var questionPromptInitText: String?
     /// Whether the question prompt also steers every later layer (`QuestionPrompt.layerResidual`).
     public var questionPromptDeep = false
+    public var questionPromptPlacement = QuestionPrompt.Placement.userTurn
 
     public init(_ recipe: RecipeSection) throws {
         file = recipe.file
@@ -75,6 +76,8 @@ public struct FrontEndRecipe {
             }
             questionPromptInitText = text
             questionPromptDeep = try q.bool("deep", default: false)
+            questionPromptPlacement = QuestionPrompt.Placement(rawValue: try q.string(
+                "placement", default: "user-turn", allowed: QuestionPrompt.Placement.allCases.map(\.rawValue)))!
             alignment.questionPromptResidualLearningRateScale = Float(try q.double("residual_lr_scale", default: 1,
                                                                                    range: 0...1000))
             try q.finish()
@@ -135,8 +138,8 @@ public struct FrontEndRecipe {
                 log("question prompt: residual stream RMS per layer " + scale!.map { String(format: "%.2f", $0) }.joined(separator: " "))
             }
             questionPrompt = QuestionPrompt(tokens: Tensor(shape: start.shape, values: start.scalars, requiresGrad: true),
-                                            layerResidual: residual, layerResidualScale: scale, frontEndDigest: "",
-                                            initText: text)
+                                            layerResidual: residual, layerResidualScale: scale,
+                                            placement: questionPromptPlacement, frontEndDigest: "", initText: text)
             log("question prompt: \(ids.count) learned tokens after the question\(questionPromptDeep ? ", steering every layer" : ""), "
                 + "starting from \"\(text)\"")
         }

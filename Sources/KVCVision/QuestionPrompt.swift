@@ -32,11 +32,22 @@ public final class QuestionPrompt: Module {
     public var frontEndDigest: String
     /// The text whose token embeddings initialised the tokens (provenance only).
     public var initText: String
+    /// Where the tokens go in the prompt.
+    public let placement: Placement
+
+    public enum Placement: String, Sendable, CaseIterable {
+        /// After the question, before `<|im_end|>`.
+        case userTurn = "user-turn"
+        /// After the assistant prompt: the last learned position predicts the answer, so a deep prompt steers the
+        /// very position that answers.
+        case assistantTurn = "assistant-turn"
+    }
 
     public static let checkpointKind = "kvc-question-prompt"
 
-    public init(tokens: Tensor, layerResidual: Tensor? = nil, layerResidualScale: [Float]? = nil, frontEndDigest: String,
-                initText: String = "") {
+    public init(tokens: Tensor, layerResidual: Tensor? = nil, layerResidualScale: [Float]? = nil,
+                placement: Placement = .userTurn, frontEndDigest: String, initText: String = "") {
+        self.placement = placement
         precondition(tokens.rank == 2, "QuestionPrompt: tokens must be [count, hidden], got \(tokens.shape)")
         precondition(layerResidual.map { $0.rank == 3 && Array($0.shape.dropFirst()) == tokens.shape } ?? true,
                      "QuestionPrompt: layer residual \(layerResidual?.shape ?? []) does not match tokens \(tokens.shape)")
@@ -72,7 +83,8 @@ public final class QuestionPrompt: Module {
     }
 
     public func save(to path: String) throws {
-        var metadata = ["kind": Self.checkpointKind, "front_end_digest": frontEndDigest, "init_text": initText]
+        var metadata = ["kind": Self.checkpointKind, "front_end_digest": frontEndDigest, "init_text": initText,
+                        "placement": placement.rawValue]
         if layerResidual != nil { metadata["layer_residual_scale"] = layerResidualScale.map { "\($0)" }.joined(separator: ",") }
         try save(to: path, dtype: .f32, metadata: metadata)
     }
@@ -110,8 +122,12 @@ public final class QuestionPrompt: Module {
             }
             scale = values
         }
+        guard let placement = Placement(rawValue: file.metadata["placement"] ?? Placement.userTurn.rawValue) else {
+            throw KVCError.file(path, "metadata 'placement' is '\(file.metadata["placement"] ?? "")', expected one of "
+                                + Placement.allCases.map(\.rawValue).joined(separator: ", "))
+        }
         let prompt = QuestionPrompt(tokens: .zeros(shape, requiresGrad: true), layerResidual: layerResidual,
-                                    layerResidualScale: scale, frontEndDigest: trainedWith,
+                                    layerResidualScale: scale, placement: placement, frontEndDigest: trainedWith,
                                     initText: file.metadata["init_text"] ?? "")
         try prompt.load(from: path)
         return prompt

@@ -58,6 +58,7 @@ public final class VisionLanguageModel {
             let learned = try QuestionPrompt.load(from: promptPath, hidden: c.hiddenSize, layers: c.layerCount,
                                                   expectingFrontEnd: Checksum.xxh128(file: frontEndPath))
             prompt.questionPrompt = learned.piece
+            prompt.questionPromptPlacement = learned.placement
         }
         let vlm = try VisionLanguageModel(backbone: backbone,
                                           frontEnd: FrontEnd.load(from: frontEndPath, expectingBackbone: fingerprint),

@@ -5,7 +5,8 @@ import KVCTokenizer
 ///
 ///     <|im_start|>user\n <image>[tokens of image 1]</image>\n ... <image>[tokens of image K]</image>\n QUESTION<|im_end|>\n<|im_start|>assistant\n
 ///
-/// With a `QuestionPrompt`, its learned tokens sit between QUESTION and `<|im_end|>`.
+/// With a `QuestionPrompt`, its learned tokens sit between QUESTION and `<|im_end|>` (placement `user-turn`) or after
+/// `assistant\n` (`assistant-turn`: the last learned token then predicts the answer's first token).
 ///
 /// Each text piece is tokenized on its own, identically in training, collection and evaluation, so the token ids
 /// around the image tokens never depend on the question. Everything up to the last `</image>\n` is the *prefix*,
@@ -19,6 +20,7 @@ public struct VisionPrompt: Sendable {
     public let questionEnd: String
     /// Learned tokens after the question (`QuestionPrompt.piece`), if the front end has them.
     public var questionPrompt: PromptPiece?
+    public var questionPromptPlacement = QuestionPrompt.Placement.userTurn
 
     public init(tokenizer: BPETokenizer) {
         self.init(tokenizer: tokenizer, userStart: "<|im_start|>user\n", imageOpen: "<image>", imageClose: "</image>\n",
@@ -38,14 +40,17 @@ public struct VisionPrompt: Sendable {
     /// The question, any question prompt, and the assistant prompt after the images.
     public func suffix(question: String, tokenizer: BPETokenizer) -> [PromptPiece] {
         guard let learned = questionPrompt else { return [.tokens(tokenizer.encode(question + questionEnd))] }
-        let (ids, end) = questionAndEnd(question, tokenizer: tokenizer)
-        return [.tokens(ids), learned, .tokens(end)]
+        let (before, after) = aroundQuestionPrompt(question, tokenizer: tokenizer)
+        return [.tokens(before), learned] + (after.isEmpty ? [] : [.tokens(after)])
     }
 
-    /// Token ids of the question and of the end of the user turn with the assistant prompt, tokenized apart (the
-    /// question prompt goes between them).
-    public func questionAndEnd(_ question: String, tokenizer: BPETokenizer) -> (question: [Int], end: [Int]) {
-        (tokenizer.encode(question), tokenizer.encode(questionEnd))
+    /// Token ids before and after the question prompt: the question, then the end of the user turn with the
+    /// assistant prompt, tokenized apart where the learned tokens go between them.
+    public func aroundQuestionPrompt(_ question: String, tokenizer: BPETokenizer) -> (before: [Int], after: [Int]) {
+        switch questionPromptPlacement {
+        case .userTurn: return (tokenizer.encode(question), tokenizer.encode(questionEnd))
+        case .assistantTurn: return (tokenizer.encode(question + questionEnd), [])
+        }
     }
 
     /// Token ids of an answer as the model should produce it (no leading space: it starts the assistant turn).

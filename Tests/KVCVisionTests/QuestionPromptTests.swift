@@ -26,19 +26,32 @@ final class QuestionPromptTests: XCTestCase {
         XCTAssertEqual(q + end, plainIDs)
         XCTAssertEqual(q, tokenizer.encode(question))
         XCTAssertEqual(pieces.positionCount, plainIDs.count + 3)
+
+        // In the assistant turn the learned tokens come last: the last of them predicts the answer.
+        prompt.questionPromptPlacement = .assistantTurn
+        XCTAssertEqual(prompt.suffix(question: question, tokenizer: tokenizer),
+                       [.tokens(plainIDs), .embeddings([Float](repeating: 0.25, count: 3 * 576), count: 3)])
     }
 
     func testSavedPromptReloadsAndRefusesAnotherFrontEnd() throws {
         let dir = try TestSupport.temporaryDirectory()
         var rng = SeededRandom(seed: 4)
-        let prompt = QuestionPrompt(tokens: Tensor.uniform([5, 576], low: -1, high: 1, rng: &rng), frontEndDigest: "fe1",
-                                    initText: " Look.")
+        let prompt = QuestionPrompt(tokens: Tensor.uniform([5, 576], low: -1, high: 1, rng: &rng),
+                                    layerResidual: Tensor.uniform([29, 5, 576], low: -1, high: 1, rng: &rng),
+                                    layerResidualScale: (1...29).map { Float($0) }, placement: .assistantTurn,
+                                    frontEndDigest: "fe1", initText: " Look.")
         let path = QuestionPrompt.companionPath(of: dir + "/front.safetensors")
         XCTAssertEqual(path, dir + "/front.question-prompt.safetensors")
         try prompt.save(to: path)
         let loaded = try QuestionPrompt.load(from: path, hidden: 576, layers: 30, expectingFrontEnd: "fe1")
         XCTAssertEqual(loaded.tokens.scalars, prompt.tokens.scalars)
         XCTAssertEqual(loaded.initText, " Look.")
+        XCTAssertEqual(loaded.placement, .assistantTurn)
+        XCTAssertEqual(loaded.layerResidualScale, (1...29).map { Float($0) })
+        XCTAssertEqual(loaded.piece, prompt.piece)
+        XCTAssertThrowsError(try QuestionPrompt.load(from: path, hidden: 576, layers: 12, expectingFrontEnd: nil)) {
+            XCTAssertTrue("\($0)".contains("tensor 'layer_residual' has shape [29, 5, 576]"), "\($0)")
+        }
         XCTAssertThrowsError(try QuestionPrompt.load(from: path, hidden: 576, layers: 30, expectingFrontEnd: "fe2")) {
             XCTAssertTrue("\($0)".contains("trained with front end fe1"), "\($0)")
         }
