@@ -72,7 +72,7 @@ let package = Package(
                 swiftSettings: swiftSettings),
 
         // KVCapsule: retention, key reconstruction, value PCA, byte budgets, and the capsule cache.
-        .target(name: "KVCCapsule", dependencies: ["KVCCore", "KVCCollect", "KVCBackbone", "KVCTensor", "CZstd"], swiftSettings: swiftSettings),
+        .target(name: "KVCCapsule", dependencies: ["KVCCore", "KVCCollect", "KVCBackbone", "KVCTensor", "CZstd", "CDecodeKernels"], swiftSettings: swiftSettings),
         // Baselines at equal bytes (quantization, token dropping, H2O/SnapKV/FastV eviction, PCA) and the method catalog.
         .target(name: "KVCBaselines", dependencies: ["KVCCore", "KVCBackbone", "KVCCapsule", "KVCVision", "KVCCollector"],
                 swiftSettings: swiftSettings),

@@ -1,3 +1,4 @@
+import CDecodeKernels
 import Dispatch
 import KVCCore
 
@@ -207,15 +208,7 @@ enum AttentionKernel {
 
     /// In-place softmax (max-subtracted, float32).
     @inline(__always)
-    static func softmax(_ x: UnsafeMutablePointer<Float>, count n: Int) {
-        guard n > 0 else { return }
-        var m = -Float.infinity
-        for j in 0..<n { m = max(m, x[j]) }
-        var total: Float = 0
-        for j in 0..<n { let e = expf(x[j] - m); x[j] = e; total += e }
-        let inv = 1 / total
-        for j in 0..<n { x[j] *= inv }
-    }
+    static func softmax(_ x: UnsafeMutablePointer<Float>, count n: Int) { kvc_softmax(x, n) }
 }
 
 /// Row reads from a cache view, specialised per element type.

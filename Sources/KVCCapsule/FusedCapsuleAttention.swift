@@ -2,6 +2,7 @@ import Dispatch
 #if arch(x86_64)
 import _Builtin_intrinsics.intel
 #endif
+import CDecodeKernels
 import KVCBackbone
 import KVCCore
 
@@ -47,6 +48,9 @@ struct FusedSpanLayout {
     let groups: [Group]
     /// Span index of each retained key, in stored order.
     let retainedSpan: [Int32]
+    /// Span index of every vision entry in the order attention scores them: the retained keys, then each group's
+    /// members (the value factors are read through it, so probabilities need no scatter into span order).
+    let visionOrder: [Int32]
     /// Dropped tokens that take part in attention (all of them, except under eviction).
     let droppedCount: Int
 
@@ -76,6 +80,7 @@ struct FusedSpanLayout {
         }
         self.groups = groups
         retainedSpan = nb.retained.map { Int32($0) }
+        visionOrder = retainedSpan + groups.flatMap(\.members)
         droppedCount = groups.reduce(0) { $0 + $1.members.count }
     }
 
@@ -93,10 +98,32 @@ struct FusedSpanLayout {
     }
 }
 
-/// One KV head's fused layout and its coefficients.
+/// One KV head's fused layout and its transformed-query weights.
 struct FusedSpanHead {
     let layout: FusedSpanLayout
-    let coefficients: [[Float]]
+    /// `w = a ⊙ e^{iΔθ}` (re, im per RoPE pair) of every group and slot, `[group][slot][headDim]` back to back: they
+    /// depend on the layer, head and layout only, so they are built with the layout instead of at every step.
+    let queryWeights: [Float]
+    /// Where each group's weights start in `queryWeights`.
+    let weightOffsets: [Int]
+
+    init(layout: FusedSpanLayout, coefficients: [[Float]], headDim d: Int) {
+        self.layout = layout
+        var weights: [Float] = [], offsets: [Int] = []
+        for (group, a) in zip(layout.groups, coefficients) {
+            offsets.append(weights.count)
+            for m in 0..<group.slots {
+                for i in 0..<(d / 2) {
+                    let ar = a[(m * d / 2 + i) * 2], ai = a[(m * d / 2 + i) * 2 + 1]
+                    let cr = group.rotations[m * d + 2 * i], sr = group.rotations[m * d + 2 * i + 1]
+                    weights.append(ar * cr - ai * sr)
+                    weights.append(ar * sr + ai * cr)
+                }
+            }
+        }
+        queryWeights = weights
+        weightOffsets = offsets
+    }
 }
 
 extension CapsuleCache: FusedAttentionCache {
@@ -130,7 +157,8 @@ extension CapsuleCache: FusedAttentionCache {
                                                                      nearest: nearest, evict: evict, rope: rope)
                 fusedLayoutCache[key] = layout
                 return FusedSpanHead(layout: layout, coefficients: layout.coefficients(keys: settings.keys, nearest: nearest,
-                                                                                      layer: layer, head: h, headDim: headDim))
+                                                                                      layer: layer, head: h, headDim: headDim),
+                                     headDim: headDim)
             }
         }
         let heads = fusedLayers[layer]!
@@ -180,72 +208,59 @@ private struct FusedHeadWork {
         let entries = textCount + retained + dropped
         let scale = 1 / Float(d).squareRoot()
         let maxSlots = layout.groups.map(\.slots).max() ?? 0
-        let weights = heads[h].coefficients
         // Column scales of int8 keys fold into the queries: q·(s ⊙ k8) = (q ⊙ s)·k8.
         let columnScale: [Float]? = stored.precision == .int8 ? HalfConversion.halfToFloat(stored.scales) : nil
 
         let rank = compressed.heads[h].values?.rank
         let scratch = Scratch(
-            w: layout.groups.reduce(0) { $0 + $1.slots } * d, u: maxSlots * g * d, q: g * d,
-            scores: rows * g * entries, span: rows * g * n,
+            u: maxSlots * g * d, q: g * d, scores: rows * g * entries, span: rows * g * n,
             values: rank.map { n * $0 + $0 * d + rows * g * $0 + d } ?? n * d, vision: rows * g * d)
         defer { scratch.free() }
+        let weightOffsets = heads[h].weightOffsets
 
-        // Transformed-query weights of this layer and head: w = a ⊙ e^{iΔθ}, per group and slot (row-independent).
-        var wOffsets: [Int] = []
-        var offset = 0
-        for (c, grp) in layout.groups.enumerated() {
-            wOffsets.append(offset)
-            let a = weights[c]
-            for m in 0..<grp.slots {
-                let w = scratch.w + offset + m * d
-                for i in 0..<pairs {
-                    let ar = a[(m * pairs + i) * 2], ai = a[(m * pairs + i) * 2 + 1]
-                    let cr = grp.rotations[m * d + 2 * i], sr = grp.rotations[m * d + 2 * i + 1]
-                    w[2 * i] = ar * cr - ai * sr
-                    w[2 * i + 1] = ar * sr + ai * cr
+        heads[h].queryWeights.withUnsafeBufferPointer { queryWeights in
+            for i in 0..<rows {
+                let q = queries + i * rowStride + h * g * d
+                let scores = scratch.scores + i * g * entries
+                // Text keys (float16, exact).
+                if g == 3 {
+                    kvc_half_scores_group3(halfBits(textKeys), textCount, d, q, scale, scores, entries)
+                } else {
+                    FusedKernels.score(HalfRows(base: textKeys), count: textCount, slots: 1, neighbours: nil, queries: q,
+                                       group: g, headDim: d, scale: scale, into: scores, stride: entries)
                 }
-            }
-            offset += grp.slots * d
-        }
-
-        for i in 0..<rows {
-            let q = queries + i * rowStride + h * g * d
-            let scores = scratch.scores + i * g * entries
-            // Text keys (float16, exact).
-            FusedKernels.score(HalfRows(base: textKeys), count: textCount, slots: 1, neighbours: nil, queries: q,
-                               group: g, headDim: d, scale: scale, into: scores, stride: entries)
-            // Retained keys, in their stored form.
-            let qr = scaledQueries(q, columnScale, into: scratch.q)
-            scoreStored(stored, count: retained, slots: 1, neighbours: nil, queries: qr, into: scores + textCount,
-                        stride: entries)
-            // Dropped keys: transformed queries per group and slot, then a few dot products with retained keys each.
-            var column = textCount + retained
-            for (c, grp) in layout.groups.enumerated() {
-                for m in 0..<grp.slots {
-                    let w = scratch.w + wOffsets[c] + m * d
-                    for k in 0..<g {
-                        let src = q + k * d, u = scratch.u + (m * g + k) * d
-                        for p in 0..<pairs {
-                            let qr = src[2 * p], qi = src[2 * p + 1], wr = w[2 * p], wi = w[2 * p + 1]
-                            u[2 * p] = qr * wr + qi * wi
-                            u[2 * p + 1] = qi * wr - qr * wi
+                // Retained keys, in their stored form.
+                let qr = scaledQueries(q, columnScale, into: scratch.q)
+                scoreStored(stored, count: retained, slots: 1, neighbours: nil, queries: qr, into: scores + textCount,
+                            stride: entries)
+                // Dropped keys: transformed queries per group and slot, then a few dot products with retained keys each.
+                var column = textCount + retained
+                for (c, grp) in layout.groups.enumerated() {
+                    for m in 0..<grp.slots {
+                        let w = queryWeights.baseAddress! + weightOffsets[c] + m * d
+                        for k in 0..<g {
+                            let src = q + k * d, u = scratch.u + (m * g + k) * d
+                            for p in 0..<pairs {
+                                let qr = src[2 * p], qi = src[2 * p + 1], wr = w[2 * p], wi = w[2 * p + 1]
+                                u[2 * p] = qr * wr + qi * wi
+                                u[2 * p + 1] = qi * wr - qr * wi
+                            }
+                            if let s = columnScale { for e in 0..<d { u[e] *= s[e] } }
                         }
-                        if let s = columnScale { for e in 0..<d { u[e] *= s[e] } }
                     }
+                    let out = scores + column
+                    grp.neighbours.withUnsafeBufferPointer { nbs in
+                        scoreStored(stored, count: grp.members.count, slots: grp.slots, neighbours: nbs.baseAddress,
+                                    queries: scratch.u, into: out, stride: entries)
+                    }
+                    column += grp.members.count
                 }
-                let out = scores + column
-                grp.neighbours.withUnsafeBufferPointer { nbs in
-                    scoreStored(stored, count: grp.members.count, slots: grp.slots, neighbours: nbs.baseAddress,
-                                queries: scratch.u, into: out, stride: entries)
+                // Causal mask over the text entries, then one softmax over text and vision together.
+                for k in 0..<g {
+                    let row = scores + k * entries
+                    for j in visible[i]..<textCount { row[j] = -.infinity }
+                    kvc_softmax(row, entries)
                 }
-                column += grp.members.count
-            }
-            // Causal mask over the text entries, then one softmax over text and vision together.
-            for k in 0..<g {
-                let row = scores + k * entries
-                for j in visible[i]..<textCount { row[j] = -.infinity }
-                FusedKernels.softmax(row, count: entries)
             }
         }
 
@@ -253,39 +268,53 @@ private struct FusedHeadWork {
         for i in 0..<rows {
             let out = output + i * rowStride + h * g * d
             out.update(repeating: 0, count: g * d)
-            FusedKernels.accumulate(HalfRows(base: textValues), count: textCount, probabilities: scratch.scores + i * g * entries,
-                                    stride: entries, group: g, headDim: d, into: out)
+            kvc_half_accumulate(halfBits(textValues), d, textCount, scratch.scores + i * g * entries, entries, g, out)
         }
-        // Vision: probabilities scattered to span order, then p·V̂ = (p·C)·B + (Σp)·μ for all rows and heads at once.
-        let m = rows * g
-        scratch.span.update(repeating: 0, count: m * n)
-        for r in 0..<m {
-            let p = scratch.scores + r * entries + textCount, span = scratch.span + r * n
-            for (k, j) in layout.retainedSpan.enumerated() { span[Int(j)] = p[k] }
-            var column = retained
-            for grp in layout.groups {
-                for j in grp.members { span[Int(j)] = p[column]; column += 1 }
+        // Vision: p·V̂ = (p·C)·B + (Σp)·μ for all rows and heads at once.
+        let m = rows * g, visionEntries = retained + dropped
+        let visionProbabilities = scratch.scores + textCount   // row r starts at r * entries
+        // The probabilities in span order (evicted tokens 0), for the paths that multiply whole factor matrices.
+        func scatterToSpan() {
+            scratch.span.update(repeating: 0, count: m * n)
+            for r in 0..<m {
+                let p = visionProbabilities + r * entries, span = scratch.span + r * n
+                for (k, j) in layout.visionOrder.enumerated() { span[Int(j)] = p[k] }
             }
         }
         let vision = scratch.vision
         if let q = rank {
             // Factors widened into scratch (no allocation per step): C [n, q], B [q, d], then y = P·C [m, q], mean [d].
             let factors = compressed.heads[h].values!
+            let coefficients = factors.coefficients, basis = factors.basis
             let c = scratch.values, b = c + n * q, y = b + q * d, mean = y + m * q
             factors.mean.withUnsafeBufferPointer { HalfConversion.halfToFloat($0.baseAddress!, mean, count: d) }
             for r in 0..<m {
                 var total: Float = 0
-                for j in 0..<n { total += scratch.span[r * n + j] }
+                let p = visionProbabilities + r * entries
+                for j in 0..<visionEntries { total += p[j] }
                 for e in 0..<d { vision[r * d + e] = total * mean[e] }
             }
-            if q > 0 && q % 8 == 0 && !factors.coefficients.scalePerRow && factors.basis.scalePerRow {
-                // Straight from the stored factors (ranks of whole SIMD chunks): y = P·C, the scales of C's columns
-                // and B's rows folded into y, then vision += y·B.
+            let int8Coefficients = coefficients.precision == .int8
+            if q > 0 && (int8Coefficients || q % 8 == 0) && !coefficients.scalePerRow
+                && (basis.scalePerRow || basis.scales.isEmpty) {
+                // Straight from the stored factors: y = P·C, the scales of C's columns and B's rows folded into y,
+                // then vision += y·B. Int8 coefficients are read in attention order at any rank; float16 ones take
+                // whole SIMD chunks over the span.
                 y.update(repeating: 0, count: m * q)
-                Self.withRows(factors.coefficients) {
-                    FusedKernels.accumulate($0, count: n, probabilities: scratch.span, stride: n, group: m, headDim: q, into: y)
+                if int8Coefficients {
+                    coefficients.int8.withUnsafeBufferPointer { rowsC in
+                        layout.visionOrder.withUnsafeBufferPointer { order in
+                            kvc_int8_gather_accumulate(rowsC.baseAddress!, q, order.baseAddress!, visionEntries,
+                                                       visionProbabilities, entries, m, y)
+                        }
+                    }
+                } else {
+                    scatterToSpan()
+                    Self.withRows(coefficients) {
+                        FusedKernels.accumulate($0, count: n, probabilities: scratch.span, stride: n, group: m, headDim: q, into: y)
+                    }
                 }
-                let sC = factors.coefficients.scales, sB = factors.basis.scales
+                let sC = coefficients.scales, sB = basis.scales
                 if !sC.isEmpty || !sB.isEmpty {
                     for k in 0..<q {
                         let scale = (sC.isEmpty ? 1 : Float(Float16(bitPattern: sC[k])))
@@ -293,16 +322,19 @@ private struct FusedHeadWork {
                         for r in 0..<m { y[r * q + k] *= scale }
                     }
                 }
-                Self.withRows(factors.basis) {
-                    FusedKernels.accumulate($0, count: q, probabilities: y, stride: q, group: m, headDim: d, into: vision)
+                switch basis.precision {
+                case .int8: kvc_int8_gather_accumulate(basis.int8, d, nil, q, y, q, m, vision)
+                case .float16: kvc_half_accumulate(basis.halves, d, q, y, q, m, vision)
                 }
             } else if q > 0 {
-                factors.coefficients.widen(into: c)
-                factors.basis.widen(into: b)
+                scatterToSpan()
+                coefficients.widen(into: c)
+                basis.widen(into: b)
                 BLAS.gemm(m: m, n: q, k: n, a: scratch.span, b: c, c: y)
                 BLAS.gemm(m: m, n: d, k: q, a: y, b: b, beta: 1, c: vision)
             }
         } else {
+            scatterToSpan()
             compressed.heads[h].rawValues.withUnsafeBufferPointer { HalfConversion.halfToFloat($0.baseAddress!, scratch.values, count: n * d) }
             BLAS.gemm(m: m, n: d, k: n, a: scratch.span, b: scratch.values, c: vision)
         }
@@ -310,6 +342,11 @@ private struct FusedHeadWork {
             let out = output + i * rowStride + h * g * d
             for e in 0..<(g * d) { out[e] += vision[i * g * d + e] }
         }
+    }
+
+    /// Float16 rows as the bit patterns the C kernels take.
+    private func halfBits(_ rows: UnsafePointer<Float16>) -> UnsafePointer<UInt16> {
+        UnsafeRawPointer(rows).assumingMemoryBound(to: UInt16.self)
     }
 
     /// Calls `body` with the rows of `stored` in its element type (int8 rows without their scales).
@@ -338,6 +375,10 @@ private struct FusedHeadWork {
                                        stride: stride)
                 }
             }
+        case .int8 where group == 3:
+            stored.int8.withUnsafeBufferPointer { p in
+                kvc_int8_scores_group3(p.baseAddress!, count, headDim, slots, neighbours, queries, scale, scores, stride)
+            }
         case .int8:
             stored.int8.withUnsafeBufferPointer { p in
                 FusedKernels.score(Int8Rows(base: p.baseAddress!), count: count, slots: slots, neighbours: neighbours,
@@ -357,11 +398,10 @@ private struct FusedHeadWork {
     /// One allocation for the per-head buffers.
     private struct Scratch {
         let base: UnsafeMutablePointer<Float>
-        let w, u, q, scores, span, values, vision: UnsafeMutablePointer<Float>
-        init(w: Int, u: Int, q: Int, scores: Int, span: Int, values: Int, vision: Int) {
-            base = .allocate(capacity: w + u + q + scores + span + values + vision + 1)
-            self.w = base
-            self.u = self.w + w
+        let u, q, scores, span, values, vision: UnsafeMutablePointer<Float>
+        init(u: Int, q: Int, scores: Int, span: Int, values: Int, vision: Int) {
+            base = .allocate(capacity: u + q + scores + span + values + vision + 1)
+            self.u = base
             self.q = self.u + u
             self.scores = self.q + q
             self.span = self.scores + scores
@@ -496,17 +536,6 @@ enum FusedKernels {
                 }
             }
         }
-    }
-
-    /// In-place softmax; entries at -infinity get probability 0.
-    static func softmax(_ x: UnsafeMutablePointer<Float>, count n: Int) {
-        var top = -Float.infinity
-        for j in 0..<n { top = max(top, x[j]) }
-        guard top > -.infinity else { x.update(repeating: 0, count: n); return }
-        var total: Float = 0
-        for j in 0..<n { let e = expf(x[j] - top); x[j] = e; total += e }
-        let inverse = 1 / total
-        for j in 0..<n { x[j] *= inverse }
     }
 }
 

@@ -24,6 +24,8 @@ struct CapsuleBench: ParsableCommand {
           decode_tps, step_ms        single-stream decode rate (batch 1, --threads decoder threads);
           attention_ms_per_step      time inside the cache's attention per step, all layers (dense: rebuild + kernel;
                                      fused: the fused kernel; full: the kernel);
+          attention_cpu_ms_per_step  CPU time of the decoding thread inside the attention per step: at --threads 1
+                                     the whole attention cost, unaffected by other processes taking the core;
           overhead_ms_per_step       attention_ms_per_step minus the full cache's, and overhead_share = that / step_ms
                                      (what reconstruction costs a decode step);
           batch, tps                 sequences whose kv_bytes fit --budget-mb (at most --max-batch), decoded together
@@ -63,6 +65,8 @@ struct CapsuleBench: ParsableCommand {
         var decodeTpsCpu: Double
         var stepMs: Double
         var attentionMsPerStep: Double
+        /// CPU time of the calling thread inside the attention (all of it at --threads 1; robust to other load).
+        var attentionCpuMsPerStep: Double
         var overheadMsPerStep: Double
         var overheadShare: Double
         var budgetMb: Double
@@ -150,6 +154,7 @@ struct CapsuleBench: ParsableCommand {
                             kvBytes: single.kvBytes, kvBytesFull: single.kvBytesFull, decodeTps: 1 / single.stepSeconds,
                             decodeTpsCpu: 1 / single.stepCPUSeconds,
                             stepMs: stepMs, attentionMsPerStep: single.attentionSeconds * 1000,
+                            attentionCpuMsPerStep: single.attentionCPUSeconds * 1000,
                             overheadMsPerStep: overhead, overheadShare: overhead / stepMs, budgetMb: budgetMB,
                             batch: batch, tps: tps, tpsVsFull: fullTps > 0 ? tps / fullTps : 0, tpsCpu: tpsCPU,
                             tpsCpuVsFull: fullTpsCPU > 0 ? tpsCPU / fullTpsCPU : 0))
@@ -174,14 +179,14 @@ struct CapsuleBench: ParsableCommand {
                            + "budget %.0f MB; %d threads on %d cores, load average %.2f at start, %.2f at the end",
                            r.images, r.contextTokens, r.decodeTokens, r.budgetMb, r.threads, r.cores, r.loadAverage,
                            r.loadAverageEnd))
-        Swift.print("| method | ratio (measured) | kv_bytes | vs full | single tok/s | single tok/CPU-s | step ms | attention ms/step | "
+        Swift.print("| method | ratio (measured) | kv_bytes | vs full | single tok/s | single tok/CPU-s | step ms | attention ms/step (thread CPU) | "
                     + "overhead ms/step (share) | batch | tok/s in budget | vs full | tok/CPU-s in budget | vs full |")
         Swift.print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for row in report.rows {
             let ratio = row.method == "full" ? "-" : String(format: "%.1f (%.3f)", row.ratio, row.ratioMeasured ?? 0)
-            Swift.print(String(format: "| %@ | %@ | %d | %.2fx smaller | %.1f | %.1f | %.2f | %.2f | %+.2f (%+.1f%%) | %d | %.1f | %.2fx | %.1f | %.2fx |",
+            Swift.print(String(format: "| %@ | %@ | %d | %.2fx smaller | %.1f | %.1f | %.2f | %.2f (%.2f) | %+.2f (%+.1f%%) | %d | %.1f | %.2fx | %.1f | %.2fx |",
                                row.method, ratio, row.kvBytes, Double(row.kvBytesFull) / Double(max(row.kvBytes, 1)),
-                               row.decodeTps, row.decodeTpsCpu, row.stepMs, row.attentionMsPerStep, row.overheadMsPerStep,
+                               row.decodeTps, row.decodeTpsCpu, row.stepMs, row.attentionMsPerStep, row.attentionCpuMsPerStep, row.overheadMsPerStep,
                                100 * row.overheadShare, row.batch, row.tps, row.tpsVsFull, row.tpsCpu, row.tpsCpuVsFull))
         }
     }
@@ -218,6 +223,7 @@ private struct BenchWorkload {
         var stepSeconds: Double
         var stepCPUSeconds: Double
         var attentionSeconds: Double
+        var attentionCPUSeconds: Double
         var kvBytes: Int
         var kvBytesFull: Int
         var visionRatio: Double?
@@ -231,6 +237,7 @@ private struct BenchWorkload {
         func step() throws { logits = try model.forward(tokens: [logits.withUnsafeBufferPointer { Sampler.argmax($0) }], cache: cache) }
         for _ in 0..<warmup { try step() }
         cache.seconds = 0
+        cache.cpuSeconds = 0
         let start = DispatchTime.now(), cpuStart = SystemLoad.processCPUSeconds()
         for _ in 0..<decodeTokens { try step() }
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
@@ -239,6 +246,7 @@ private struct BenchWorkload {
         let bytesPerPosition = c.layerCount * c.kvHeadCount * c.headDim * 2 * 2
         var result = SingleStream(stepSeconds: seconds / Double(decodeTokens),
                                   stepCPUSeconds: cpuSeconds / Double(decodeTokens), attentionSeconds: cache.seconds / Double(decodeTokens),
+                                  attentionCPUSeconds: cache.cpuSeconds / Double(decodeTokens),
                                   kvBytes: (cache.inner as? PlainKVCache)?.storedBytes ?? 0,
                                   kvBytesFull: cache.length * bytesPerPosition)
         if let capsule = cache.inner as? CapsuleCache {
@@ -268,11 +276,21 @@ private struct BenchWorkload {
     }
 }
 
-/// Forwards to a cache and adds up the wall-clock time spent in its attention: the fused call when it takes it,
-/// else `withLayer` (which contains the dense rebuild and the shared kernel).
+/// Forwards to a cache and adds up the wall-clock time (and the calling thread's CPU time) spent in its attention:
+/// the fused call when it takes it, else `withLayer` (which contains the dense rebuild and the shared kernel).
 private final class TimedAttentionCache: FusedAttentionCache {
     let inner: KVCache
     var seconds = 0.0
+    var cpuSeconds = 0.0
+
+    private func timed<R>(_ body: () throws -> R) rethrows -> R {
+        let start = DispatchTime.now(), cpuStart = SystemLoad.threadCPUSeconds()
+        defer {
+            seconds += Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+            cpuSeconds += SystemLoad.threadCPUSeconds() - cpuStart
+        }
+        return try body()
+    }
 
     init(_ inner: KVCache) { self.inner = inner }
 
@@ -289,27 +307,30 @@ private final class TimedAttentionCache: FusedAttentionCache {
     func trim(to length: Int) { inner.trim(to: length) }
 
     func withLayer<R>(_ layer: Int, _ body: (KVLayerView) throws -> R) rethrows -> R {
-        let start = DispatchTime.now()
-        defer { seconds += Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9 }
-        return try inner.withLayer(layer, body)
+        try timed { try inner.withLayer(layer, body) }
     }
 
     func attend(layer: Int, queries: UnsafePointer<Float>, count: Int, firstPosition: Int, headCount: Int,
                 output: UnsafeMutablePointer<Float>, threads: Int) -> Bool {
         guard let fused = inner as? FusedAttentionCache else { return false }
-        let start = DispatchTime.now()
-        defer { seconds += Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9 }
-        return fused.attend(layer: layer, queries: queries, count: count, firstPosition: firstPosition,
-                            headCount: headCount, output: output, threads: threads)
+        return timed {
+            fused.attend(layer: layer, queries: queries, count: count, firstPosition: firstPosition,
+                         headCount: headCount, output: output, threads: threads)
+        }
     }
 }
 
 /// What the machine is doing besides the benchmark, and the process's own CPU time.
 enum SystemLoad {
     /// CPU seconds of this process, all threads (rates per CPU-second hold up when other processes share the cores).
-    static func processCPUSeconds() -> Double {
+    static func processCPUSeconds() -> Double { cpuSeconds(CLOCK_PROCESS_CPUTIME_ID) }
+
+    /// CPU seconds of the calling thread.
+    static func threadCPUSeconds() -> Double { cpuSeconds(CLOCK_THREAD_CPUTIME_ID) }
+
+    private static func cpuSeconds(_ clock: clockid_t) -> Double {
         var t = timespec()
-        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t)
+        clock_gettime(clock, &t)
         return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
     }
 
