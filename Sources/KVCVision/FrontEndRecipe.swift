@@ -146,8 +146,20 @@ public struct FrontEndRecipe {
         let trainer = FrontEndAlignment(graph: graph, tokenizer: tokenizer, frontEnd: frontEnd, questionPrompt: questionPrompt,
                                         train: train, test: test, options: alignment, runDirectory: runDirectory)
         try trainer.run(log: log)
-        try frontEnd.save(to: output)
-        log("front end written to \(output)")
+        if let start = alignment.initFrom, alignment.projectorLearningRateScale == 0, alignment.encoderLearningRateScale == 0 {
+            // A frozen front end is copied byte for byte: re-serialising it could reorder its metadata, and caches,
+            // adapters and the question prompt all name the file's digest.
+            if start != output {
+                guard let bytes = FileManager.default.contents(atPath: start) else {
+                    throw KVCError.file(start, "cannot read the front end to copy it to \(output)")
+                }
+                try AtomicFile.write(bytes, to: output)
+            }
+            log("front end unchanged (frozen): \(output)")
+        } else {
+            try frontEnd.save(to: output)
+            log("front end written to \(output)")
+        }
         if let questionPrompt {
             // The prompt names the exact front-end file it was trained with; VisionLanguageModel refuses any other.
             questionPrompt.frontEndDigest = try Checksum.xxh128(file: output)

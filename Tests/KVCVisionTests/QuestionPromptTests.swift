@@ -131,4 +131,21 @@ final class QuestionPromptTests: XCTestCase {
             XCTAssertTrue("\($0)".contains("trained with front end 0123"), "\($0)")
         }
     }
+
+    /// The shipped recipe reads as the experiment it describes, and a bad placement is refused by name.
+    func testRecipeSectionParses() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().path
+        let text = try String(contentsOfFile: root + "/recipes/frontend-easyvqa-question-prompt.yaml", encoding: .utf8)
+        let recipe = try FrontEndRecipe(RecipeSection.parse(text, file: "question-prompt.yaml"))
+        XCTAssertEqual(recipe.questionPromptPlacement, .assistantTurn)
+        XCTAssertTrue(recipe.questionPromptDeep)
+        XCTAssertEqual(recipe.alignment.projectorLearningRateScale, 0)
+        XCTAssertEqual(recipe.alignment.questionPromptResidualLearningRateScale, 2)
+        XCTAssertEqual(recipe.alignment.initFrom, "checkpoints/frontend-easyvqa.safetensors")
+        let bad = text.replacingOccurrences(of: "placement: assistant-turn", with: "placement: system-turn")
+        XCTAssertThrowsError(try FrontEndRecipe(RecipeSection.parse(bad, file: "bad.yaml"))) {
+            XCTAssertTrue("\($0)".contains("placement"), "\($0)")
+        }
+    }
 }
