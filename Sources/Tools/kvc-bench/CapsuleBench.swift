@@ -30,6 +30,9 @@ struct CapsuleBench: ParsableCommand {
                                      (what reconstruction costs a decode step);
           batch, tps                 sequences whose kv_bytes fit --budget-mb (at most --max-batch), decoded together
                                      (LlamaModel.decodeStep), and their total tokens/s; tps_vs_full = tps / full's tps;
+                                     with --rounds N the budget runs of all methods take turns N times (full, capsule,
+                                     full, ...), tps is the median over rounds, tps_vs_full the median of the per-round
+                                     ratios, and tps_rounds lists every round (drift of the machine hits all methods);
           *_cpu                      the same rates per CPU-second of the process: they hold up when other processes
                                      share the cores (use --threads 1 for them, where no thread spins waiting for work).
         Dense mode also keeps one layer of float32 scratch per sequence, not counted in kv_bytes or the budget.
@@ -51,6 +54,7 @@ struct CapsuleBench: ParsableCommand {
     @Option(name: .customLong("decode-tokens"), help: "Timed decode steps per run.") var decodeTokens = 32
     @Option(help: "Decoder and BLAS threads.") var threads = 2
     @Option(help: "The question after the images.") var question = "In image 1, what shape is it?"
+    @Option(help: "Budget runs per method, interleaved across methods; the report takes medians.") var rounds = 1
     @Flag(help: "Print one JSON object instead of a table.") var json = false
 
     struct Row: Codable {
@@ -76,6 +80,8 @@ struct CapsuleBench: ParsableCommand {
         /// Batched tokens per CPU-second, and its ratio to the full cache's.
         var tpsCpu: Double
         var tpsCpuVsFull: Double
+        /// Tokens/s of each round under the budget (one entry without --rounds).
+        var tpsRounds: [Double]
     }
 
     struct Regime: Codable {
@@ -88,6 +94,7 @@ struct CapsuleBench: ParsableCommand {
         var loadAverage: Double
         var loadAverageEnd: Double
         var question: String
+        var rounds: Int
         var batchRule = "as many sequences as fit the budget by kv_bytes at the end of decoding, decoded together"
     }
 
@@ -103,6 +110,7 @@ struct CapsuleBench: ParsableCommand {
         if maxBatch < 1 { throw ValidationError("--max-batch must be >= 1") }
         if decodeTokens < 1 { throw ValidationError("--decode-tokens must be >= 1") }
         if threads < 1 { throw ValidationError("--threads must be >= 1") }
+        if rounds < 1 { throw ValidationError("--rounds must be >= 1") }
         for mode in modes where CapsuleAttentionMode(rawValue: mode) == nil {
             throw ValidationError("--modes: '\(mode)' is not one of \(CapsuleAttentionMode.allCases.map(\.rawValue))")
         }
@@ -139,30 +147,43 @@ struct CapsuleBench: ParsableCommand {
                 methods.append((name, settings.budget.ratio, { CapsuleCache(config: llama.config, rope: llama.rope, settings: s) }))
             }
         }
-        var rows: [Row] = []
-        var fullAttention = 0.0, fullTps = 0.0, fullTpsCPU = 0.0
-        let meter = Progress("kvc-bench capsule", total: methods.count, unit: "methods", enabled: !json)
-        for method in methods {
-            let single = try workload.singleStream(make: method.make)
-            let fits = Int(budgetMB * 1e6) / max(single.kvBytes, 1)
-            let batch = min(maxBatch, fits)
-            let (tps, tpsCPU) = batch > 0 ? try workload.batched(count: batch, make: method.make) : (0, 0)
-            if method.name == "full" { fullAttention = single.attentionSeconds; fullTps = tps; fullTpsCPU = tpsCPU }
-            let overhead = (single.attentionSeconds - fullAttention) * 1000
+        let meter = Progress("kvc-bench capsule", total: methods.count * (1 + rounds), unit: "runs", enabled: !json)
+        let singles = try methods.map { method -> BenchWorkload.SingleStream in
+            defer { meter.advance(status: "\(method.name) r=\(method.ratio): single stream") }
+            return try workload.singleStream(make: method.make)
+        }
+        let batches = singles.map { min(maxBatch, Int(budgetMB * 1e6) / max($0.kvBytes, 1)) }
+        // The budget runs take turns, so a slow minute of the machine lands on every method rather than on one.
+        var wall = [[Double]](repeating: [], count: methods.count), cpu = wall
+        for _ in 0..<rounds {
+            for (m, method) in methods.enumerated() {
+                let (tps, tpsCPU) = batches[m] > 0 ? try workload.batched(count: batches[m], make: method.make) : (0, 0)
+                wall[m].append(tps)
+                cpu[m].append(tpsCPU)
+                meter.advance(status: "\(method.name) r=\(method.ratio): batch \(batches[m]), \(String(format: "%.1f", tps)) tok/s")
+            }
+        }
+        func medianRatio(_ a: [Double], _ b: [Double]) -> Double {
+            TensorBench.median(zip(a, b).map { $1 > 0 ? $0 / $1 : 0 })
+        }
+        let full = methods.firstIndex { $0.name == "full" }!
+        let rows = methods.indices.map { m -> Row in
+            let single = singles[m]
+            let overhead = (single.attentionSeconds - singles[full].attentionSeconds) * 1000
             let stepMs = single.stepSeconds * 1000
-            rows.append(Row(method: method.name, ratio: method.ratio, ratioMeasured: single.visionRatio,
-                            kvBytes: single.kvBytes, kvBytesFull: single.kvBytesFull, decodeTps: 1 / single.stepSeconds,
-                            decodeTpsCpu: 1 / single.stepCPUSeconds,
-                            stepMs: stepMs, attentionMsPerStep: single.attentionSeconds * 1000,
-                            attentionCpuMsPerStep: single.attentionCPUSeconds * 1000,
-                            overheadMsPerStep: overhead, overheadShare: overhead / stepMs, budgetMb: budgetMB,
-                            batch: batch, tps: tps, tpsVsFull: fullTps > 0 ? tps / fullTps : 0, tpsCpu: tpsCPU,
-                            tpsCpuVsFull: fullTpsCPU > 0 ? tpsCPU / fullTpsCPU : 0))
-            meter.advance(status: "\(method.name) r=\(method.ratio): batch \(batch), \(String(format: "%.1f", tps)) tok/s")
+            return Row(method: methods[m].name, ratio: methods[m].ratio, ratioMeasured: single.visionRatio,
+                       kvBytes: single.kvBytes, kvBytesFull: single.kvBytesFull, decodeTps: 1 / single.stepSeconds,
+                       decodeTpsCpu: 1 / single.stepCPUSeconds,
+                       stepMs: stepMs, attentionMsPerStep: single.attentionSeconds * 1000,
+                       attentionCpuMsPerStep: single.attentionCPUSeconds * 1000,
+                       overheadMsPerStep: overhead, overheadShare: overhead / stepMs, budgetMb: budgetMB,
+                       batch: batches[m], tps: TensorBench.median(wall[m]), tpsVsFull: medianRatio(wall[m], wall[full]),
+                       tpsCpu: TensorBench.median(cpu[m]), tpsCpuVsFull: medianRatio(cpu[m], cpu[full]), tpsRounds: wall[m])
         }
         let regime = Regime(images: images, contextTokens: workload.contextTokens, decodeTokens: decodeTokens,
                             budgetMb: budgetMB, threads: threads, cores: ProcessInfo.processInfo.activeProcessorCount,
-                            loadAverage: loadAverage, loadAverageEnd: SystemLoad.oneMinute(), question: question)
+                            loadAverage: loadAverage, loadAverageEnd: SystemLoad.oneMinute(), question: question,
+                            rounds: rounds)
         try print(report: Report(regime: regime, rows: rows))
     }
 

@@ -82,7 +82,7 @@ struct MatmulBench: ParsableCommand {
     }
 }
 
-// MARK: Helpers for the tensor benchmarks (namespaced: other benchmarks live in this target too)
+// MARK: Helpers shared by the benchmarks of this target (timing, medians, tables)
 
 enum TensorBench {
     /// Wall time of one call, in seconds.
