@@ -350,16 +350,13 @@ public final class FrontEndAlignment {
     /// The embedded suffix of `question` followed by `extra` tokens, and the row where the question prompt starts;
     /// the question prompt's rows are its own tensor, so gradients reach it.
     private func suffixRows(question: String, then extra: [Int] = []) -> (rows: Tensor, promptStart: Int?) {
-        guard let questionPrompt else { return (graph.embed(suffixIDs(question) + extra), nil) }
+        guard let questionPrompt else {
+            return (graph.embed(prompt.plainSuffix(question, tokenizer: tokenizer) + extra), nil)
+        }
         let (before, after) = prompt.aroundQuestionPrompt(question, tokenizer: tokenizer)
         let rest = after + extra
         let parts = [graph.embed(before), questionPrompt.tokens] + (rest.isEmpty ? [] : [graph.embed(rest)])
         return (Tensor.concat(parts, axis: 0), before.count)
-    }
-
-    /// Suffix ids without a question prompt, tokenized as `VisionPrompt.suffix` does.
-    private func suffixIDs(_ question: String) -> [Int] {
-        tokenizer.encode(question + prompt.questionEnd)
     }
 
     private func permutation(epoch: Int, count: Int) -> [Int] {

@@ -39,9 +39,14 @@ public struct VisionPrompt: Sendable {
 
     /// The question, any question prompt, and the assistant prompt after the images.
     public func suffix(question: String, tokenizer: BPETokenizer) -> [PromptPiece] {
-        guard let learned = questionPrompt else { return [.tokens(tokenizer.encode(question + questionEnd))] }
+        guard let learned = questionPrompt else { return [.tokens(plainSuffix(question, tokenizer: tokenizer))] }
         let (before, after) = aroundQuestionPrompt(question, tokenizer: tokenizer)
         return [.tokens(before), learned] + (after.isEmpty ? [] : [.tokens(after)])
+    }
+
+    /// Token ids of the suffix without a question prompt: the question and the assistant prompt, tokenized together.
+    public func plainSuffix(_ question: String, tokenizer: BPETokenizer) -> [Int] {
+        tokenizer.encode(question + questionEnd)
     }
 
     /// Token ids before and after the question prompt: the question, then the end of the user turn with the
