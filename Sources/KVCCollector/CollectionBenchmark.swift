@@ -51,7 +51,7 @@ public enum CollectionBenchmark {
 
         func plain(withAnswerToken: Bool) throws {
             for (i, item) in plan.items.enumerated() {
-                let prefix = vlm.prefix(imageEmbeddings: vlm.frontEnd.embed(images[i]))
+                let prefix = vlm.prefix(imageEmbeddings: try vlm.imageEmbeddings(images[i], question: item.question))
                 let cache = model.makeCache()
                 _ = try model.forward(prefix.pieces + vlm.suffix(question: item.question), cache: cache)
                 if withAnswerToken { _ = try model.forward(tokens: [answerTokens[i]], cache: cache, logits: .none) }

@@ -47,7 +47,7 @@ public final class SampleCollector {
             throw Unusable(reason: "answer '\(answer)' has no tokens")
         }
         let t0 = DispatchTime.now()
-        let embeddings = vlm.frontEnd.embed(images)
+        let embeddings = try vlm.imageEmbeddings(images, question: question)
         let t1 = DispatchTime.now()
         let prefix = vlm.prefix(imageEmbeddings: embeddings)
         let suffix = vlm.suffix(question: question)

@@ -7,7 +7,9 @@ extension SmolVLM.ImageEncoder: ImageTokenSource {
     public var tokensPerImage: Int { config.tokensPerImage }
     public var gridSide: Int { config.gridSide }
     public var tokenWidth: Int { config.text.llama.hiddenSize }
-    public func embed(_ images: [Image]) -> [[Float]] { images.map(tokens(for:)) }
+    /// SigLIP reads the image alone; the question does not change its tokens.
+    public var readsQuestion: Bool { false }
+    public func embed(_ images: [Image], question: QuestionWords?) -> [[Float]] { images.map(tokens(for:)) }
 }
 
 extension SmolVLM {

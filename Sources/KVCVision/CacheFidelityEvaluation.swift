@@ -95,10 +95,14 @@ public struct CacheFidelityEvaluation {
                 guard let row = split.images.row(of: id) else { throw KVCError("easy-VQA: image \(id) is not loaded") }
                 return split.images.image(row: row)
             }
-            let prefilled = try model.prefill(imageEmbeddings: model.frontEnd.embed(images), cache: method.makeCache(),
-                                              afterPrefill: method.afterPrefill)
-            let vision = method.visionBytes(prefilled.cache, prefilled.prefix)
+            // One prefix per prompt, shared by its questions, unless the front end makes image tokens per question.
+            var shared: VisionLanguageModel.PrefilledPrefix?
             for q in prompt.questions {
+                let prefilled = try (model.frontEnd.readsQuestion ? nil : shared)
+                    ?? model.prefill(imageEmbeddings: model.imageEmbeddings(images, question: q.text), question: q.text,
+                                     cache: method.makeCache(), afterPrefill: method.afterPrefill)
+                shared = prefilled
+                let vision = method.visionBytes(prefilled.cache, prefilled.prefix)
                 prefilled.rewind()
                 var lastQueries = [[Float]](repeating: [], count: c.layerCount)
                 let logits = try llama.forward(model.suffix(question: q.text),

@@ -125,20 +125,29 @@ public struct EasyVQAEvaluation {
         for chunk in stride(from: 0, to: order.count, by: max(1, options.frontEndBatch)) {
             let ids = Array(order[chunk..<min(chunk + max(1, options.frontEndBatch), order.count)])
             let images = ids.map { split.images.image(row: split.images.row(of: $0)!) }
+            // A front end that reads the question makes each question's image tokens, so each gets its own prefix.
+            let questionAware = !options.blind && model.frontEnd.readsQuestion
             let t0 = DispatchTime.now()
-            let embeddings = options.blind ? ids.map { _ in [Float]() } : model.frontEnd.embed(images)
+            let embeddings = options.blind || questionAware ? ids.map { _ in [Float]() } : model.frontEnd.embed(images)
             frontEndSeconds += elapsed(t0)
-            for (id, embedding) in zip(ids, embeddings) {
-                func prefillImage() throws -> VisionLanguageModel.PrefilledPrefix {
-                    let prefilled = try model.prefill(imageEmbeddings: embedding.isEmpty ? [] : [embedding],
+            for (b, id) in ids.enumerated() {
+                func prefillImage(for question: String) throws -> VisionLanguageModel.PrefilledPrefix {
+                    var tokens = embeddings[b]
+                    if questionAware {
+                        let t = DispatchTime.now()
+                        tokens = try model.imageEmbeddings([images[b]], question: question)[0]
+                        frontEndSeconds += elapsed(t)
+                    }
+                    let prefilled = try model.prefill(imageEmbeddings: tokens.isEmpty ? [] : [tokens], question: question,
                                                       cache: makeCache(), afterPrefill: afterPrefill)
                     prefixSeconds += prefilled.timing.prefillSeconds
                     return prefilled
                 }
-                var prefilled = try prefillImage()
-                for (k, i) in byImage[id]!.enumerated() {
-                    if k > 0 && options.prefixPerQuestion { prefilled = try prefillImage() }
+                var shared: VisionLanguageModel.PrefilledPrefix?
+                for i in byImage[id]! {
                     let q = questions[i]
+                    let prefilled = try (options.prefixPerQuestion || questionAware ? nil : shared) ?? prefillImage(for: q.text)
+                    shared = prefilled
                     let text: String
                     if let scorer {
                         let t = DispatchTime.now()

@@ -5,34 +5,67 @@ import KVCTensor
 /// The trained vision front end: encoder + projector. Turns images into image tokens in the decoder's embedding
 /// space, with the grid shape they came from. Saved as one safetensors file (`encoder.*`, `projector.*`) whose
 /// metadata holds both configs, the projector's output scale and the fingerprint of the decoder it was aligned to.
+/// A front end with `conditioning` (`conditioning.*`) reads the question too: its image tokens are made for one
+/// question (`QuestionConditioning`).
 public final class FrontEnd: Module {
     public let encoder: VisionEncoder
     public let projector: Projector
+    /// Instruction-aware offsets of the image tokens (nil: the tokens depend on the image alone).
+    public var conditioning: QuestionConditioning?
     /// Fingerprint of the decoder the projector was aligned to (empty before alignment).
     public var backboneFingerprint: String
 
     public static let checkpointKind = "kvc-front-end"
 
-    public init(encoder: VisionEncoder, projector: Projector, backboneFingerprint: String = "") {
+    public init(encoder: VisionEncoder, projector: Projector, conditioning: QuestionConditioning? = nil,
+                backboneFingerprint: String = "") {
         self.encoder = encoder
         self.projector = projector
+        self.conditioning = conditioning
         self.backboneFingerprint = backboneFingerprint
     }
 
     public var namedParameters: [(name: String, tensor: Tensor)] {
         encoder.namedParameters.map { ("encoder.\($0.name)", $0.tensor) }
             + projector.namedParameters.map { ("projector.\($0.name)", $0.tensor) }
+            + (conditioning?.namedParameters.map { ("conditioning.\($0.name)", $0.tensor) } ?? [])
     }
 
     public var tokensPerImage: Int { encoder.config.tokenCount }
     public var gridSide: Int { encoder.config.gridSide }
 
-    /// Image tokens `[images, tokensPerImage, hidden]` for normalised pixels `[images, 3, side, side]`.
+    /// Image tokens `[images, tokensPerImage, hidden]` for normalised pixels `[images, 3, side, side]`, without the
+    /// question (for a front end with `conditioning`: the tokens before their question's offset).
     public func callAsFunction(_ pixels: Tensor) -> Tensor { projector(encoder(pixels).tokens) }
 
-    /// Image tokens of decoded images, one `[tokensPerImage * hidden]` array per image (no gradients).
-    public func embed(_ images: [Image]) -> [[Float]] {
-        let t = Tensor.withNoGrad { self(encoder.pixelTensor(images)) }
+    /// Image tokens for (image, question) pairs: `[pairs][tokensPerImage, hidden]`, each pair's image tokens plus
+    /// its question's offset. `words` stacks the questions' word embeddings; each pair names its rows and its image.
+    public func tokens(pixels: Tensor, words: Tensor, pairs: [(words: Range<Int>, image: Int)]) -> [Tensor] {
+        let features = encoder(pixels).tokens
+        let plain = projector(features)
+        guard let conditioning else {
+            return pairs.map { plain.slice(axis: 0, $0.image..<($0.image + 1)).reshaped([tokensPerImage, plain.shape[2]]) }
+        }
+        let offsets = conditioning.offsets(imageFeatures: features, words: words, pairs: pairs)
+        return pairs.enumerated().map { p, pair in
+            plain.slice(axis: 0, pair.image..<(pair.image + 1)).reshaped([tokensPerImage, plain.shape[2]])
+                + offsets.slice(axis: 0, p..<(p + 1)).reshaped([plain.shape[2]])
+        }
+    }
+
+    /// Whether the image tokens depend on the question (a front end with `conditioning`).
+    public var readsQuestion: Bool { conditioning != nil }
+
+    /// Image tokens of decoded images, one `[tokensPerImage * hidden]` array per image (no gradients). A front end
+    /// that reads the question needs `question`; every image of the prompt gets its offset for that question.
+    public func embed(_ images: [Image], question: QuestionWords?) -> [[Float]] {
+        let pixels = encoder.pixelTensor(images)
+        let t: Tensor = Tensor.withNoGrad {
+            guard conditioning != nil, let question, question.count > 0, !images.isEmpty else { return self(pixels) }
+            let words = Tensor(shape: [question.count, question.embeddings.count / question.count], values: question.embeddings)
+            return Tensor.concat(tokens(pixels: pixels, words: words, pairs: images.indices.map { (0..<question.count, $0) }),
+                                 axis: 0)
+        }
         let per = t.count / max(images.count, 1)
         return (0..<images.count).map { Array(UnsafeBufferPointer(start: t.data + $0 * per, count: per)) }
     }
@@ -44,7 +77,9 @@ public final class FrontEnd: Module {
             "projector": "{\"input\":\(projector.first.inFeatures),\"hidden\":\(projector.first.outFeatures),"
                 + "\"output\":\(projector.second.outFeatures)}",
             "projector_scale": "\(projector.outputScale)", "backbone_fingerprint": backboneFingerprint,
-        ])
+        ].merging(conditioning.map { c in
+            ["conditioning": "{\"hidden\":\(c.hidden),\"words\":\(c.wordDim)}"]
+        } ?? [:]) { a, _ in a })
     }
 
     /// Loads a checkpoint written by `save`, refusing another kind of file or one aligned to another decoder.
@@ -71,11 +106,19 @@ public final class FrontEnd: Module {
         if let fingerprint, !backbone.isEmpty, backbone != fingerprint {
             throw KVCError.file(path, "front end was aligned to backbone \(backbone), this backbone is \(fingerprint)")
         }
+        var conditioning: QuestionConditioning?
         var rng = SeededRandom(seed: 0)
+        if let cj = meta["conditioning"] {
+            guard let dims = try? JSONDecoder().decode([String: Int].self, from: Data(cj.utf8)),
+                  let h = dims["hidden"], let words = dims["words"], (1...65536).contains(h), (1...65536).contains(words) else {
+                throw KVCError.file(path, "metadata 'conditioning' must be {\"hidden\":N,\"words\":N}")
+            }
+            conditioning = QuestionConditioning(wordDim: words, imageDim: config.tokenDim, hidden: h, outputDim: output, rng: &rng)
+        }
         let frontEnd = FrontEnd(encoder: try VisionEncoder(config: config, rng: &rng),
                                 projector: Projector(inputDim: input, hiddenDim: hidden, outputDim: output,
                                                      outputScale: scale, rng: &rng),
-                                backboneFingerprint: backbone)
+                                conditioning: conditioning, backboneFingerprint: backbone)
         try frontEnd.load(from: path)
         return frontEnd
     }

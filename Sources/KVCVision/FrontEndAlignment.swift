@@ -38,6 +38,11 @@ public final class FrontEndAlignment {
         public var balanceYesNo = false
         /// A trained front end to start from instead of a freshly calibrated projector (fine-tuning).
         public var initFrom: String?
+        /// Width of the question conditioning to give the front end (`QuestionConditioning`; nil: none, unless the
+        /// front end it starts from has one).
+        public var conditioningHidden: Int?
+        /// The question conditioning's rate as a multiple of the base rate.
+        public var conditioningLearningRateScale: Float = 1
         public var evalEvery = 50
         public var evalQuestions = 300
         public var checkpointEvery = 25
@@ -51,6 +56,7 @@ public final class FrontEndAlignment {
             case projectorLearningRateScale = "projector_lr_scale"
             case questionPromptResidualLearningRateScale = "question_prompt_residual_lr_scale"
             case balanceYesNo = "balance_yes_no", initFrom = "init_from"
+            case conditioningHidden = "conditioning_hidden", conditioningLearningRateScale = "conditioning_lr_scale"
             case evalEvery = "eval_every", evalQuestions = "eval_questions", checkpointEvery = "checkpoint_every", seed
         }
     }
@@ -124,6 +130,9 @@ public final class FrontEndAlignment {
             ("projector", frontEnd.projector.parameters, options.projectorLearningRateScale),
             ("encoder", frontEnd.encoder.parameters, options.encoderLearningRateScale),
         ]
+        if let conditioning = frontEnd.conditioning {
+            parts.append(("conditioning", conditioning.parameters, options.conditioningLearningRateScale))
+        }
         if let questionPrompt {
             parts.append(("question_prompt", [questionPrompt.tokens], 1))
             if let residual = questionPrompt.layerResidual {
@@ -298,12 +307,8 @@ public final class FrontEndAlignment {
             train.images.writeCHW(row: train.images.row(of: id)!, into: pixels.data + b * plane,
                                   normalization: frontEnd.encoder.config.normalization)
         }
-        let imageTokens = frontEnd(pixels)   // [B, tokens, hidden]
-        let perImage = frontEnd.tokensPerImage
-        var pieces: [Tensor] = [], groups: [LlamaGraph.Packing.Group] = []
-        var rows: [Int] = [], targets: [Int] = [], promptRows: [Int] = []
-        var offset = 0, questions = 0
-        for (b, id) in ids.enumerated() {
+        var chosen: [[EasyVQA.Question]] = []
+        for id in ids {
             var qs = trainByImage[id]!
             if options.balanceYesNo {
                 qs = balance.sample(qs, count: options.questionsPerImage, rng: &rng)
@@ -311,13 +316,19 @@ public final class FrontEndAlignment {
                 rng.shuffle(&qs)
                 qs = Array(qs.prefix(options.questionsPerImage))
             }
-            let image = imageTokens.slice(axis: 0, b..<(b + 1)).reshaped([perImage, graph.config.hiddenSize])
-            pieces += [prefixText, image, closeText]
-            let prefix = prefixText.shape[0] + perImage + closeText.shape[0]
+            chosen.append(qs)
+        }
+        let tree = imagePrefixes(pixels: pixels, questions: chosen.map { $0.map(\.text) })
+        var pieces: [Tensor] = [], groups: [LlamaGraph.Packing.Group] = []
+        var rows: [Int] = [], targets: [Int] = [], promptRows: [Int] = []
+        var offset = 0
+        for (tokens, members) in tree {
+            pieces += [prefixText, tokens, closeText]
+            let prefix = prefixText.shape[0] + tokens.shape[0] + closeText.shape[0]
             offset += prefix
             var suffixes: [Int] = []
-            for q in qs {
-                let (suffix, promptStart, answerTargets) = suffixRows(question: q)
+            for (b, k) in members {
+                let (suffix, promptStart, answerTargets) = suffixRows(question: chosen[b][k])
                 pieces.append(suffix)
                 if let promptStart { promptRows.append(offset + promptStart) }
                 let length = suffix.shape[0]
@@ -331,10 +342,33 @@ public final class FrontEndAlignment {
                 offset += length
             }
             groups.append(.init(prefix: prefix, suffixes: suffixes))
-            questions += qs.count
         }
         return Batch(input: Tensor.concat(pieces, axis: 0), packing: .init(groups: groups), rows: rows, targets: targets,
-                     questions: questions, promptRows: promptRows)
+                     questions: chosen.map(\.count).reduce(0, +), promptRows: promptRows)
+    }
+
+    /// The image-token rows of each prompt-tree prefix and the questions `(image, index)` that continue it. Tokens
+    /// that do not depend on the question give one prefix per image shared by its questions; a front end that reads
+    /// the question gives every question its own prefix, with the image's tokens plus that question's offset.
+    func imagePrefixes(pixels: Tensor, questions: [[String]]) -> [(tokens: Tensor, members: [(image: Int, question: Int)])] {
+        guard frontEnd.readsQuestion else {
+            let imageTokens = frontEnd(pixels)   // [B, tokens, hidden]
+            return questions.indices.map { b in
+                (imageTokens.slice(axis: 0, b..<(b + 1)).reshaped([frontEnd.tokensPerImage, graph.config.hiddenSize]),
+                 questions[b].indices.map { (b, $0) })
+            }
+        }
+        var ids: [Int] = [], pairs: [(words: Range<Int>, image: Int)] = [], members: [(Int, Int)] = []
+        for (b, texts) in questions.enumerated() {
+            for (k, text) in texts.enumerated() {
+                let words = tokenizer.encode(text)
+                pairs.append((ids.count..<(ids.count + words.count), b))
+                ids += words
+                members.append((b, k))
+            }
+        }
+        let tokens = frontEnd.tokens(pixels: pixels, words: graph.embed(ids), pairs: pairs)
+        return zip(tokens, members).map { ($0, [$1]) }
     }
 
     /// Suffix rows (question, question prompt, assistant prompt, then every answer token: each predicts the next
@@ -393,17 +427,17 @@ public final class FrontEndAlignment {
                     test.images.writeCHW(row: test.images.row(of: entry.key)!, into: pixels.data + b * plane,
                                          normalization: frontEnd.encoder.config.normalization)
                 }
-                let tokens = frontEnd(pixels)
+                let tree = imagePrefixes(pixels: pixels, questions: part.map { $0.value.map(\.text) })
                 var pieces: [Tensor] = [], groups: [LlamaGraph.Packing.Group] = [], rows: [Int] = [], expected: [Int] = []
                 var kinds: [Int] = [], promptRows: [Int] = []
                 var offset = 0
-                for (b, entry) in part.enumerated() {
-                    let image = tokens.slice(axis: 0, b..<(b + 1)).reshaped([frontEnd.tokensPerImage, graph.config.hiddenSize])
-                    pieces += [prefixText, image, closeText]
-                    let prefix = prefixText.shape[0] + frontEnd.tokensPerImage + closeText.shape[0]
+                for (tokens, members) in tree {
+                    pieces += [prefixText, tokens, closeText]
+                    let prefix = prefixText.shape[0] + tokens.shape[0] + closeText.shape[0]
                     offset += prefix
                     var suffixes: [Int] = []
-                    for q in entry.value {
+                    for (b, k) in members {
+                        let q = part[part.startIndex + b].value[k]
                         let (suffix, promptStart) = suffixRows(question: q.text)
                         if let promptStart { promptRows.append(offset + promptStart) }
                         pieces.append(suffix)

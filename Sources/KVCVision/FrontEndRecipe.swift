@@ -24,6 +24,10 @@ public struct FrontEndRecipe {
     /// Whether the question prompt also steers every later layer (`QuestionPrompt.layerResidual`).
     public var questionPromptDeep = false
     public var questionPromptPlacement = QuestionPrompt.Placement.userTurn
+    /// Stage 3a for a front end that reads the question (`conditioning:` section; 0 steps: none).
+    public var conditioningPretraining = QuestionConditioningPretraining.Options()
+    /// Where stage 3a's conditioning is kept: a rerun skips stage 3a when it exists.
+    public var conditioningCheckpoint: String { runDirectory + "/conditioning-stage3a.safetensors" }
 
     public init(_ recipe: RecipeSection) throws {
         file = recipe.file
@@ -64,11 +68,22 @@ public struct FrontEndRecipe {
             alignment.projectorLearningRateScale = Float(try a.double("projector_lr_scale", default: 1, range: 0...10))
             alignment.balanceYesNo = try a.bool("balance_yes_no", default: false)
             alignment.initFrom = a.has("init_from") ? try a.string("init_from") : nil
+            alignment.conditioningLearningRateScale = Float(try a.double("conditioning_lr_scale", default: 1, range: 0...10))
             alignment.evalEvery = try a.int("eval_every", default: alignment.evalEvery, range: 1...1_000_000)
             alignment.evalQuestions = try a.int("eval_questions", default: alignment.evalQuestions, range: 1...100_000)
             alignment.checkpointEvery = try a.int("checkpoint_every", default: alignment.checkpointEvery, range: 1...1_000_000)
             try a.finish()
         }
+        if let c = try recipe.section("conditioning") {
+            alignment.conditioningHidden = try c.int("hidden", default: 256, range: 1...16384)
+            conditioningPretraining.steps = try c.int("pretrain_steps", default: conditioningPretraining.steps, range: 0...10_000_000)
+            conditioningPretraining.batchSize = try c.int("batch_size", default: conditioningPretraining.batchSize, range: 2...65536)
+            conditioningPretraining.learningRate = Float(try c.double("learning_rate",
+                                                                      default: Double(conditioningPretraining.learningRate),
+                                                                      range: 1e-7...1))
+            try c.finish()
+        }
+        conditioningPretraining.seed = seed
         if let q = try recipe.section("question_prompt") {
             let text = try q.string("init_text")
             guard !text.isEmpty, text.count <= 400 else {
@@ -120,6 +135,37 @@ public struct FrontEndRecipe {
             log(String(format: "stage 2: aligning the projector through the frozen decoder (output scale %.3f)",
                        projector.outputScale))
         }
+        if let hidden = alignment.conditioningHidden {
+            if let existing = frontEnd.conditioning {
+                guard existing.hidden == hidden else {
+                    throw KVCError.file(self.file, "alignment.conditioning_hidden is \(hidden) but the front end it starts "
+                                        + "from already reads the question with width \(existing.hidden)")
+                }
+            } else {
+                // Fresh conditioning adds nothing at first (its output layer is zero): training starts from the
+                // front end's own tokens.
+                var rng = SeededRandom(seed: seed &+ 3)
+                let conditioning = QuestionConditioning(wordDim: graph.config.hiddenSize,
+                                                        imageDim: frontEnd.encoder.config.tokenDim, hidden: hidden,
+                                                        outputDim: graph.config.hiddenSize, rng: &rng)
+                log("question conditioning: the image tokens read the question (width \(hidden))")
+                if FileManager.default.fileExists(atPath: conditioningCheckpoint) {
+                    try conditioning.load(from: conditioningCheckpoint)
+                    log("stage 3a: using \(conditioningCheckpoint)")
+                } else if conditioningPretraining.steps > 0 {
+                    log("stage 3a: the conditioning learns yes/no from image and question -> \(conditioningCheckpoint)")
+                    let report = try QuestionConditioningPretraining.run(
+                        conditioning: conditioning, encoder: frontEnd.encoder, graph: graph, tokenizer: tokenizer,
+                        train: train, test: test, options: conditioningPretraining, log: log)
+                    let encoder = JSONEncoder()
+                    encoder.outputFormatting = [.sortedKeys]
+                    try conditioning.save(to: conditioningCheckpoint, metadata: [
+                        "kind": "kvc-question-conditioning-stage3a",
+                        "report": String(decoding: try encoder.encode(report), as: UTF8.self)])
+                }
+                frontEnd.conditioning = conditioning
+            }
+        }
         var questionPrompt: QuestionPrompt?
         if let text = questionPromptInitText {
             let ids = tokenizer.encode(text)
@@ -146,7 +192,9 @@ public struct FrontEndRecipe {
         let trainer = FrontEndAlignment(graph: graph, tokenizer: tokenizer, frontEnd: frontEnd, questionPrompt: questionPrompt,
                                         train: train, test: test, options: alignment, runDirectory: runDirectory)
         try trainer.run(log: log)
-        if let start = alignment.initFrom, alignment.projectorLearningRateScale == 0, alignment.encoderLearningRateScale == 0 {
+        let conditioningTrains = frontEnd.conditioning != nil && alignment.conditioningLearningRateScale > 0
+        if let start = alignment.initFrom, alignment.projectorLearningRateScale == 0, alignment.encoderLearningRateScale == 0,
+           !conditioningTrains, alignment.conditioningHidden == nil {
             // A frozen front end is copied byte for byte: re-serialising it could reorder its metadata, and caches,
             // adapters and the question prompt all name the file's digest.
             if start != output {

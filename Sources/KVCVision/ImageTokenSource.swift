@@ -8,7 +8,15 @@ public protocol ImageTokenSource: AnyObject {
     var gridSide: Int { get }
     /// Width of each token: must equal the decoder's hidden size.
     var tokenWidth: Int { get }
-    func embed(_ images: [Image]) -> [[Float]]
+    /// Whether the tokens depend on the question (an instruction-aware front end): a prefix then serves one question.
+    var readsQuestion: Bool { get }
+    /// The image tokens of `images` for a prompt asking `question` (ignored unless `readsQuestion`).
+    func embed(_ images: [Image], question: QuestionWords?) -> [[Float]]
+}
+
+extension ImageTokenSource {
+    /// The tokens without a question (for a front end that reads one: before the question's offset).
+    public func embed(_ images: [Image]) -> [[Float]] { embed(images, question: nil) }
 }
 
 extension FrontEnd: ImageTokenSource {

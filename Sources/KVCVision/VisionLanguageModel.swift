@@ -13,6 +13,9 @@ import KVCTokenizer
 /// it once and `answer(question:after:)` continues from it for each question, trimming the cache back in between.
 /// That is also where a compressing cache acts: the `afterPrefill` hook sees the cache holding exactly the prefix,
 /// with the grid and positions of every image's tokens (what `CapsuleCache.compress(grids:visionPositions:)` takes).
+///
+/// A front end that reads the question (`ImageTokenSource.readsQuestion`) makes image tokens for one question: its
+/// prefix is prefilled with that question (`prefill(images:question:)`) and serves only it.
 public final class VisionLanguageModel {
     public let backbone: Backbone
     /// The vision side: the project's trained `FrontEnd`, or another `ImageTokenSource` (a SmolVLM tower).
@@ -94,6 +97,23 @@ public final class VisionLanguageModel {
     /// What follows the prefix for `question`: its tokens, the question prompt if there is one, the assistant prompt.
     public func suffix(question: String) -> [PromptPiece] { prompt.suffix(question: question, tokenizer: backbone.tokenizer) }
 
+    /// The question's words for a front end that reads them (nil when it does not): the decoder's token embeddings
+    /// of the question text, tokenized as in the prompt.
+    public func questionWords(_ question: String) throws -> QuestionWords? {
+        guard frontEnd.readsQuestion else { return nil }
+        let ids = backbone.tokenizer.encode(question)
+        guard !ids.isEmpty else { throw KVCError("the question is empty; this front end makes its image tokens for a question") }
+        return QuestionWords(embeddings: try backbone.model.embed(tokens: ids), count: ids.count)
+    }
+
+    /// The image tokens of `images` for `question` (the question matters only to a front end that reads it).
+    public func imageEmbeddings(_ images: [Image], question: String?) throws -> [[Float]] {
+        if frontEnd.readsQuestion && question == nil {
+            throw KVCError("this front end makes its image tokens for a question (it reads the question): pass the question")
+        }
+        return frontEnd.embed(images, question: try question.flatMap(questionWords))
+    }
+
     // MARK: Answers
 
     public struct Timing: Sendable, Equatable {
@@ -119,10 +139,13 @@ public final class VisionLanguageModel {
         public let prefix: Prefix
         public let cache: KVCache
         public internal(set) var timing: Timing
-        init(prefix: Prefix, cache: KVCache, timing: Timing) {
+        /// The question the image tokens were made for, when the front end reads it (nil: any question).
+        public let question: String?
+        init(prefix: Prefix, cache: KVCache, timing: Timing, question: String?) {
             self.prefix = prefix
             self.cache = cache
             self.timing = timing
+            self.question = question
         }
 
         /// Drops everything after the prefix (an earlier question and its answer).
@@ -131,20 +154,23 @@ public final class VisionLanguageModel {
 
     /// Runs the front end over `images` and prefills their prefix into `cache` (default: a fresh float16
     /// `PlainKVCache`; it must be empty), then calls `afterPrefill` (for example to compress the vision span).
-    /// `blind` leaves the images out of the prompt (the blind baseline: same decoder, no image tokens).
-    public func prefill(images: [Image], blind: Bool = false, cache: KVCache? = nil,
+    /// `blind` leaves the images out of the prompt (the blind baseline: same decoder, no image tokens). A front end
+    /// that reads the question needs `question`, and the prefix then serves that question only.
+    public func prefill(images: [Image], question: String? = nil, blind: Bool = false, cache: KVCache? = nil,
                         afterPrefill: ((KVCache, Prefix) throws -> Void)? = nil) throws -> PrefilledPrefix {
         let t0 = DispatchTime.now()
-        let embeddings = blind || images.isEmpty ? [] : frontEnd.embed(images)
+        let embeddings = blind || images.isEmpty ? [] : try imageEmbeddings(images, question: question)
         let frontEndSeconds = elapsed(t0, DispatchTime.now())
-        let prefilled = try prefill(imageEmbeddings: embeddings, cache: cache, afterPrefill: afterPrefill)
+        let prefilled = try prefill(imageEmbeddings: embeddings, question: embeddings.isEmpty ? nil : question,
+                                    cache: cache, afterPrefill: afterPrefill)
         prefilled.timing.frontEndSeconds = frontEndSeconds
         return prefilled
     }
 
     /// `prefill(images:)` for image tokens the front end already produced (each `[tokensPerImage * hidden]`;
-    /// none for the blind prompt), so callers can batch the front end over many images.
-    public func prefill(imageEmbeddings: [[Float]], cache: KVCache? = nil,
+    /// none for the blind prompt), so callers can batch the front end over many images. `question`: the one the
+    /// tokens were made for, if the front end reads it.
+    public func prefill(imageEmbeddings: [[Float]], question: String? = nil, cache: KVCache? = nil,
                         afterPrefill: ((KVCache, Prefix) throws -> Void)? = nil) throws -> PrefilledPrefix {
         let cache = cache ?? backbone.model.makeCache()
         guard cache.length == 0 else { throw KVCError("prefill needs an empty cache; this one holds \(cache.length) positions") }
@@ -156,12 +182,23 @@ public final class VisionLanguageModel {
         try afterPrefill?(cache, built)
         var timing = Timing()
         timing.prefillSeconds = elapsed(t0, DispatchTime.now())
-        return PrefilledPrefix(prefix: built, cache: cache, timing: timing)
+        return PrefilledPrefix(prefix: built, cache: cache, timing: timing,
+                               question: frontEnd.readsQuestion && !imageEmbeddings.isEmpty ? question : nil)
+    }
+
+    /// A front end that reads the question made the prefix's image tokens for one question: refuse another, which
+    /// would be answered from tokens that describe the image for the wrong question.
+    private func checkQuestion(_ question: String, against prefilled: PrefilledPrefix) throws {
+        guard frontEnd.readsQuestion, !prefilled.prefix.grids.isEmpty, prefilled.question != question else { return }
+        throw KVCError("this front end reads the question: the prefilled image tokens were made for "
+                       + (prefilled.question.map { "'\($0)'" } ?? "no question") + ", not for '\(question)'; "
+                       + "prefill the images again with this question")
     }
 
     /// Answers `question` from a prefilled prefix: trims the cache back to the prefix (dropping an earlier
     /// question), then generates greedily. The timing counts this question only.
     public func answer(question: String, after prefilled: PrefilledPrefix) throws -> Answer {
+        try checkQuestion(question, against: prefilled)
         prefilled.rewind()
         return try generateAnswer(prompt: suffix(question: question), cache: prefilled.cache)
     }
@@ -169,6 +206,7 @@ public final class VisionLanguageModel {
     /// Next-token logits where the answer to `question` starts, continuing from the prefix (what fidelity metrics
     /// compare between caches: top-1 agreement, KL). Leaves the question in the cache.
     public func firstAnswerLogits(question: String, after prefilled: PrefilledPrefix) throws -> [Float] {
+        try checkQuestion(question, against: prefilled)
         prefilled.rewind()
         return try backbone.model.forward(suffix(question: question), cache: prefilled.cache)
     }
@@ -181,7 +219,8 @@ public final class VisionLanguageModel {
     public func answer(images: [Image], question: String, blind: Bool = false, cache: KVCache? = nil,
                        afterPrefill: ((KVCache, Prefix) throws -> Void)? = nil) throws -> Answer {
         if let afterPrefill {
-            let prefilled = try prefill(images: images, blind: blind, cache: cache, afterPrefill: afterPrefill)
+            let prefilled = try prefill(images: images, question: question, blind: blind, cache: cache,
+                                        afterPrefill: afterPrefill)
             var result = try answer(question: question, after: prefilled)
             result.timing.frontEndSeconds += prefilled.timing.frontEndSeconds
             result.timing.prefillSeconds += prefilled.timing.prefillSeconds
@@ -190,7 +229,7 @@ public final class VisionLanguageModel {
         let cache = cache ?? backbone.model.makeCache()
         guard cache.length == 0 else { throw KVCError("answer needs an empty cache; this one holds \(cache.length) positions") }
         let t0 = DispatchTime.now()
-        let embeddings = blind || images.isEmpty ? [] : frontEnd.embed(images)
+        let embeddings = blind || images.isEmpty ? [] : try imageEmbeddings(images, question: question)
         let frontEndSeconds = elapsed(t0, DispatchTime.now())
         let pieces = prefix(imageEmbeddings: embeddings).pieces + suffix(question: question)
         var result = try generateAnswer(prompt: pieces, cache: cache)

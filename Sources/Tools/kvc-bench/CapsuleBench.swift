@@ -233,8 +233,8 @@ private struct BenchWorkload {
     /// Returns the logits after the question.
     func prefill(_ index: Int, into cache: KVCache) throws -> [Float] {
         let rows = (0..<perPrompt).map { (index * perPrompt + $0) % images.count }
-        let embeddings = vlm.frontEnd.embed(rows.map { images.image(row: $0) })
-        let prefilled = try vlm.prefill(imageEmbeddings: embeddings, cache: cache) { cache, prefix in
+        let embeddings = try vlm.imageEmbeddings(rows.map { images.image(row: $0) }, question: question)
+        let prefilled = try vlm.prefill(imageEmbeddings: embeddings, question: question, cache: cache) { cache, prefix in
             try (cache as? CapsuleCache)?.compress(imageGridsAtPositions: prefix.grids)
         }
         return try vlm.backbone.model.forward(vlm.suffix(question: question), cache: prefilled.cache)
