@@ -3,7 +3,8 @@
 #   set up -> collect KV caches of the frozen VLM on easy-VQA train -> fit a KVCapsule adapter (r = 0.6)
 #   -> export it (.kvcap) -> evaluate easy-VQA test with the full float16 cache and with the capsule cache -> table
 #   -> the capsule next to two baselines at the same bytes (kvc-sweep) -> an HTML report (kvc-report).
-# The VLM is SmolLM2-135M (frozen) + the shipped vision front end (checkpoints/frontend-easyvqa.safetensors).
+# The VLM is SmolLM2-135M (frozen) + the shipped vision front end (checkpoints/frontend-easyvqa-instruct.safetensors,
+# whose image tokens read the question).
 # Environment: TRAIN_SAMPLES (default 200), TEST_QUESTIONS (default 200), RATIO (0.4, 0.6 or 0.8; default 0.6),
 # SWEEP_QUESTIONS (default 100; 0 skips the baseline comparison).
 set -euo pipefail
@@ -13,7 +14,7 @@ TRAIN_SAMPLES=${TRAIN_SAMPLES:-200}
 TEST_QUESTIONS=${TEST_QUESTIONS:-200}
 RATIO=${RATIO:-0.6}
 SWEEP_QUESTIONS=${SWEEP_QUESTIONS:-100}
-FRONT_END=checkpoints/frontend-easyvqa.safetensors
+FRONT_END=checkpoints/frontend-easyvqa-instruct.safetensors
 OUT=runs/main
 swift build -c release
 BIN=.build/release
@@ -50,7 +51,8 @@ for r in rows:
 PY
 
 if [ "$SWEEP_QUESTIONS" -gt 0 ]; then
-  # Shape/colour questions only: the front end answers yes/no ones from the text, whatever the cache holds.
+  # Shape/colour questions only: their answers live in the image tokens' spatial content, where eviction bites;
+  # the yes/no answer is one offset shared by all of an image's tokens, which any kept token still carries.
   echo "== 5/5 the capsule next to SnapKV eviction and key+value PCA at the same bytes ($SWEEP_QUESTIONS shape/colour questions), report"
   rm -f "$OUT/sweep.jsonl"
   $BIN/kvc-sweep --methods full,capsule,snapkv,pca --ratios "$RATIO" --images 1 --limit "$SWEEP_QUESTIONS" \

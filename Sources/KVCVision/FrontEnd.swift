@@ -16,6 +16,9 @@ public final class FrontEnd: Module {
     public var backboneFingerprint: String
 
     public static let checkpointKind = "kvc-front-end"
+    /// The default VLM's front end, relative to the package root: stage 3 (`recipes/frontend-easyvqa-instruct.yaml`),
+    /// whose image tokens read the question.
+    public static let defaultCheckpoint = "checkpoints/frontend-easyvqa-instruct.safetensors"
 
     public init(encoder: VisionEncoder, projector: Projector, conditioning: QuestionConditioning? = nil,
                 backboneFingerprint: String = "") {

@@ -43,6 +43,8 @@ public final class FrontEndAlignment {
         public var conditioningHidden: Int?
         /// The question conditioning's rate as a multiple of the base rate.
         public var conditioningLearningRateScale: Float = 1
+        /// Whether the conditioning's hidden layer trains here too (false: only its read-out `output`).
+        public var conditioningHiddenTrains = false
         public var evalEvery = 50
         public var evalQuestions = 300
         public var checkpointEvery = 25
@@ -57,6 +59,7 @@ public final class FrontEndAlignment {
             case questionPromptResidualLearningRateScale = "question_prompt_residual_lr_scale"
             case balanceYesNo = "balance_yes_no", initFrom = "init_from"
             case conditioningHidden = "conditioning_hidden", conditioningLearningRateScale = "conditioning_lr_scale"
+            case conditioningHiddenTrains = "conditioning_hidden_trains"
             case evalEvery = "eval_every", evalQuestions = "eval_questions", checkpointEvery = "checkpoint_every", seed
         }
     }
@@ -131,7 +134,13 @@ public final class FrontEndAlignment {
             ("encoder", frontEnd.encoder.parameters, options.encoderLearningRateScale),
         ]
         if let conditioning = frontEnd.conditioning {
-            parts.append(("conditioning", conditioning.parameters, options.conditioningLearningRateScale))
+            // After stage 3a the hidden layer already answers; by default only the read-out into the tokens learns
+            // here, so the decoder's noisier gradients cannot wear the comparison away.
+            let readOut = conditioning.output.parameters
+            let rest = [conditioning.wordIn, conditioning.questionIn, conditioning.imageIn].flatMap(\.parameters)
+            parts.append(("conditioning", readOut, options.conditioningLearningRateScale))
+            parts.append(("conditioning_hidden", rest,
+                          options.conditioningHiddenTrains ? options.conditioningLearningRateScale : 0))
         }
         if let questionPrompt {
             parts.append(("question_prompt", [questionPrompt.tokens], 1))

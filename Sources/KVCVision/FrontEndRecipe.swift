@@ -68,6 +68,7 @@ public struct FrontEndRecipe {
             alignment.projectorLearningRateScale = Float(try a.double("projector_lr_scale", default: 1, range: 0...10))
             alignment.balanceYesNo = try a.bool("balance_yes_no", default: false)
             alignment.initFrom = a.has("init_from") ? try a.string("init_from") : nil
+            alignment.conditioningHiddenTrains = try a.bool("conditioning_hidden_trains", default: false)
             alignment.conditioningLearningRateScale = Float(try a.double("conditioning_lr_scale", default: 1, range: 0...10))
             alignment.evalEvery = try a.int("eval_every", default: alignment.evalEvery, range: 1...1_000_000)
             alignment.evalQuestions = try a.int("eval_questions", default: alignment.evalQuestions, range: 1...100_000)

@@ -13,7 +13,7 @@ final class MethodEvaluationTests: XCTestCase {
         ProcessInfo.processInfo.environment["KVC_ASSETS"].flatMap { $0.isEmpty ? nil : $0 } ?? repo + "/assets"
     }
     private static var modelPath: String { assets + "/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" }
-    private static var frontEndPath: String { repo + "/checkpoints/frontend-easyvqa.safetensors" }
+    private static var frontEndPath: String { repo + "/" + FrontEnd.defaultCheckpoint }
 
     private func setUp() throws -> (VisionLanguageModel, EasyVQASplit) {
         if let s = Self.shared { return s }

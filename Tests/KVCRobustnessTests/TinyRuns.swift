@@ -1,10 +1,11 @@
 import Foundation
 import XCTest
+import KVCVision
 
 /// Tiny configurations of the real commands (seconds each), shared by the kill and fault tests.
 enum TinyRuns {
     static let encoder = ChildProcess.packageRoot + "/checkpoints/frontend-easyvqa-run/encoder-stage1.safetensors"
-    static let frontEnd = ChildProcess.packageRoot + "/checkpoints/frontend-easyvqa.safetensors"
+    static let frontEnd = ChildProcess.packageRoot + "/" + FrontEnd.defaultCheckpoint
 
     /// Writes `dir/recipe.yaml` for a 1-image-per-step front-end alignment (encoder from the committed stage 1) and
     /// returns kvc-train's arguments. `alignment` lines replace the defaults of the same key.

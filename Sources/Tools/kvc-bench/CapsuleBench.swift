@@ -42,7 +42,7 @@ struct CapsuleBench: ParsableCommand {
         """)
 
     @Option(help: "GGUF model file (default: the project's SmolLM2 asset).") var model: String?
-    @Option(name: .customLong("front-end"), help: "Front-end checkpoint.") var frontEnd = "checkpoints/frontend-easyvqa.safetensors"
+    @Option(name: .customLong("front-end"), help: "Front-end checkpoint.") var frontEnd = FrontEnd.defaultCheckpoint
     @Option(parsing: .upToNextOption, help: "Capsule adapters (.kvcap), one row pair (dense, fused) each.")
     var adapters = ["checkpoints/capsule-r0.6.kvcap", "checkpoints/capsule-r0.8.kvcap"]
     @Option(parsing: .upToNextOption, help: "Capsule modes to measure (dense, fused).") var modes = ["dense", "fused"]

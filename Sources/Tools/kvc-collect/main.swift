@@ -21,7 +21,7 @@ struct CollectCommand: ParsableCommand {
     @Option(help: "Benchmark (only easy-vqa).") var task = "easy-vqa"
     @Option(help: "Dataset split: train or test.") var split = "train"
     @Option(help: "Output directory for shard-*.safetensors and manifest.json.") var out: String
-    @Option(name: .customLong("front-end"), help: "Front-end checkpoint.") var frontEnd = "runs/frontend-easyvqa/frontend.safetensors"
+    @Option(name: .customLong("front-end"), help: "Front-end checkpoint.") var frontEnd = FrontEnd.defaultCheckpoint
     @Option(help: "GGUF model file (default: the project's SmolLM2 asset), or a Hugging Face SmolVLM directory.")
     var model: String?
     @Option(help: "easy-VQA directory (default: the project's asset).") var data: String?

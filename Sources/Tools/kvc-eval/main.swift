@@ -44,7 +44,7 @@ struct KVCEval: ParsableCommand {
     @Option(help: "Write one JSON line per question (image, question, expected, answer) to this file.") var answers: String?
     @Flag(help: "Print the summary as JSON.") var json = false
     @Option(name: .customLong("front-end"), help: "Front-end checkpoint.")
-    var frontEnd = "checkpoints/frontend-easyvqa.safetensors"
+    var frontEnd = FrontEnd.defaultCheckpoint
     @Option(name: .customLong("question-prompt"), help: "Learned tokens after the question: auto (the front end's companion file FRONT_END.question-prompt.safetensors, if present), none (the plain prompt), or a path.")
     var questionPrompt = "auto"
     @Option(help: "GGUF model file (default: the project's SmolLM2 asset), or a Hugging Face SmolVLM directory.")

@@ -49,7 +49,7 @@ struct KVCRun: ParsableCommand {
     @Option(help: "Ask --prompt about this PNG/JPEG image with the VLM (repeat for several images, in prompt order).")
     var image: [String] = []
     @Option(name: .customLong("front-end"), help: "VLM front-end checkpoint for --image.")
-    var frontEnd = "checkpoints/frontend-easyvqa.safetensors"
+    var frontEnd = FrontEnd.defaultCheckpoint
     @Option(name: .customLong("question-prompt"), help: "Learned tokens after the question: auto (the front end's companion file, if present), none, or a path.")
     var questionPrompt = "auto"
 

@@ -35,7 +35,7 @@ struct KVCSweep: ParsableCommand {
     var questionsPerImage: Int?
     @Option(name: .customLong("answer-kind"), help: "Ask only these questions: all, yes-no, or open (shape and colour names, which only the image tokens answer); the task name in the results says which.")
     var answerKind = "all"
-    @Option(name: .customLong("front-end"), help: "Front-end checkpoint.") var frontEnd = "checkpoints/frontend-easyvqa.safetensors"
+    @Option(name: .customLong("front-end"), help: "Front-end checkpoint.") var frontEnd = FrontEnd.defaultCheckpoint
     @Option(help: "GGUF model file (default: the project's SmolLM2 asset).") var model: String?
     @Option(help: "easy-VQA directory (default: the project's asset).") var data: String?
     @Option(help: "Decoder threads (default: all cores).") var threads: Int?
