@@ -10,8 +10,9 @@ import KVCTokenizer
 ///
 /// Each step takes `imagesPerStep` training images and up to `questionsPerImage` of their questions, packed as prompt
 /// trees (`LlamaGraph.Packing`): the prefix with the image tokens runs once per image and every question continues it,
-/// so a step costs about one prefix per image instead of one per question. The answer tokens are teacher-forced and
-/// followed by `<|im_end|>`, all of them targets.
+/// so a step costs about one prefix per image instead of one per question. A front end that reads the question
+/// (`FrontEnd.conditioning`) gives each question its own prefix instead (`imagePrefixes`). The answer tokens are
+/// teacher-forced and followed by `<|im_end|>`, all of them targets.
 ///
 /// Everything is a function of the seed and the step number, so a run cut off and resumed from its last checkpoint
 /// continues exactly where it stopped.

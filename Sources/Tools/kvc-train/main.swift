@@ -14,7 +14,10 @@ struct KVCTrain: ParsableCommand {
         discussion: """
         The recipe's `kind` selects what is trained:
           front-end  the vision front end: stage 1 (encoder as a shape/colour classifier), stage 2 (projector aligned \
-        through the frozen SmolLM2 decoder on easy-VQA). Example: recipes/frontend-easyvqa.yaml.
+        through the frozen SmolLM2 decoder on easy-VQA). Example: recipes/frontend-easyvqa.yaml. With a \
+        `conditioning:` section the image tokens read the question: stage 3a (the conditioning learns yes/no from \
+        pooled image features and the question's words, cheaply), stage 3b (its read-out into the tokens, through the \
+        decoder). Example: recipes/frontend-easyvqa-instruct.yaml (the shipped front end).
           capsule    a KVCapsule adapter for one compression ratio, on caches from kvc-collect: the linear key map in \
         closed form, and with `reconstructor.kind: mlp` the key MLP trained layer by layer (checkpoint after each \
         layer). Examples: recipes/capsule-r0.4.yaml, capsule-r0.6.yaml, capsule-r0.8.yaml; `retention: scored` \
