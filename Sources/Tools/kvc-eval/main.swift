@@ -18,12 +18,13 @@ struct KVCEval: ParsableCommand {
             kvc-eval --answer-kind open --adapter checkpoints/capsule-r0.6.kvcap --json   (shape/colour questions only)
             Prints one summary line; with --json it is JSON:
             {"task":"easy-vqa","split":"test","n":...,"accuracy":...,"cache":"full","questions_per_second":...,...}
-            accuracy_yes_no / accuracy_open: the yes/no questions (74% of easy-VQA, largely answerable from the text
-            alone) and the others (shape and colour names, which only the image tokens answer);
+            accuracy_yes_no / accuracy_open: the yes/no questions (74% of easy-VQA) and the others (shape and colour
+            names, which only the image tokens' spatial content answers);
             kv_bytes / kv_bytes_full: mean bytes the cache / a full float16 cache held at the end of a question;
             seconds_*: where the time went (front end, image prefixes, question prefills, decoding);
             skipped: dataset entries that could not be used (each is listed on stderr).
-            Each image's prefix is prefilled once and shared by its questions (the cache is trimmed back to it).
+            Each image's prefix is prefilled once and shared by its questions (the cache is trimmed back to it),
+            unless the front end reads the question (the shipped one does): then every question has its own prefix.
 
             Comparing caches (--method, or --images K for the multi-image task): the same questions are answered
             with the full float16 cache and with the method, in this process, and the summary adds fidelity:
@@ -66,7 +67,7 @@ struct KVCEval: ParsableCommand {
     @Option(help: "Seed of the multi-image grouping and of the random baseline.") var seed: UInt64 = 0
     @Option(name: .customLong("questions-per-image"), help: "Questions asked per image (default: all for 1 image, 1 for more).")
     var questionsPerImage: Int?
-    @Option(name: .customLong("answer-kind"), help: "Ask only these questions: all, yes-no, or open (shape and colour names: the ones whose answers depend on the image tokens most; yes/no ones are largely answerable from the text).")
+    @Option(name: .customLong("answer-kind"), help: "Ask only these questions: all, yes-no, or open (shape and colour names: their answers live in the image tokens' spatial content; the shipped front end writes a yes/no answer into an offset shared by all of an image's tokens).")
     var answerKind = "all"
 
     func validate() throws {
