@@ -1,5 +1,6 @@
 import Foundation
 import KVCCore
+import KVCTensor
 
 /// The easy-VQA dataset as fetched into `assets/easy-vqa`: `answers.txt` (13 one-word answers), and per split
 /// `questions.json` (rows `[question, answer, image_id]`) and `images/{id}.png` (64x64 RGB).
@@ -191,6 +192,15 @@ public struct EasyVQAImages: Sendable {
                 for i in 0..<plane { dst[i] = Float(src[i * 3 + ch]) * scale + shift }
             }
         }
+    }
+
+    /// Images `rows` as one normalised batch `[rows.count, 3, side, side]` (what the encoder takes).
+    public func pixelTensor(rows: [Int], normalization: ImageNormalization = .symmetric) -> Tensor {
+        let pixels = Tensor(uninitializedShape: [rows.count, 3, side, side])
+        for (b, row) in rows.enumerated() {
+            writeCHW(row: row, into: pixels.data + b * 3 * side * side, normalization: normalization)
+        }
+        return pixels
     }
 
     /// Decodes `ids` in parallel; an image that cannot be read or is not `side`x`side` is skipped with the reason.

@@ -44,16 +44,12 @@ public final class FrontEnd: Module {
     /// Image tokens for (image, question) pairs: `[pairs][tokensPerImage, hidden]`, each pair's image tokens plus
     /// its question's offset. `words` stacks the questions' word embeddings; each pair names its rows and its image.
     public func tokens(pixels: Tensor, words: Tensor, pairs: [(words: Range<Int>, image: Int)]) -> [Tensor] {
-        let features = encoder(pixels).tokens
-        let plain = projector(features)
-        guard let conditioning else {
-            return pairs.map { plain.slice(axis: 0, $0.image..<($0.image + 1)).reshaped([tokensPerImage, plain.shape[2]]) }
-        }
+        let features = encoder(pixels)
+        let plain = projector(features.tokens), width = plain.shape[2]
+        let images = pairs.map { plain.slice(axis: 0, $0.image..<($0.image + 1)).reshaped([tokensPerImage, width]) }
+        guard let conditioning else { return images }
         let offsets = conditioning.offsets(imageFeatures: features, words: words, pairs: pairs)
-        return pairs.enumerated().map { p, pair in
-            plain.slice(axis: 0, pair.image..<(pair.image + 1)).reshaped([tokensPerImage, plain.shape[2]])
-                + offsets.slice(axis: 0, p..<(p + 1)).reshaped([plain.shape[2]])
-        }
+        return images.enumerated().map { p, image in image + offsets.slice(axis: 0, p..<(p + 1)).reshaped([width]) }
     }
 
     /// Whether the image tokens depend on the question (a front end with `conditioning`).

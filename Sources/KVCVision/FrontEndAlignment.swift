@@ -311,12 +311,8 @@ public final class FrontEndAlignment {
             ids.append(trainImageIDs[permutation(epoch: i / n, count: n)[i % n]])
         }
         var rng = SeededRandom(seed: options.seed &* 1_000_003 &+ UInt64(step))
-        let pixels = Tensor(uninitializedShape: [ids.count, 3, train.images.side, train.images.side])
-        let plane = 3 * train.images.side * train.images.side
-        for (b, id) in ids.enumerated() {
-            train.images.writeCHW(row: train.images.row(of: id)!, into: pixels.data + b * plane,
-                                  normalization: frontEnd.encoder.config.normalization)
-        }
+        let pixels = train.images.pixelTensor(rows: ids.map { train.images.row(of: $0)! },
+                                              normalization: frontEnd.encoder.config.normalization)
         var chosen: [[EasyVQA.Question]] = []
         for id in ids {
             var qs = trainByImage[id]!
@@ -431,12 +427,8 @@ public final class FrontEndAlignment {
         Tensor.withNoGrad {
             for chunk in stride(from: 0, to: byImage.count, by: 16) {
                 let part = byImage[chunk..<min(chunk + 16, byImage.count)]
-                let pixels = Tensor(uninitializedShape: [part.count, 3, test.images.side, test.images.side])
-                let plane = 3 * test.images.side * test.images.side
-                for (b, entry) in part.enumerated() {
-                    test.images.writeCHW(row: test.images.row(of: entry.key)!, into: pixels.data + b * plane,
-                                         normalization: frontEnd.encoder.config.normalization)
-                }
+                let pixels = test.images.pixelTensor(rows: part.map { test.images.row(of: $0.key)! },
+                                                     normalization: frontEnd.encoder.config.normalization)
                 let tree = imagePrefixes(pixels: pixels, questions: part.map { $0.value.map(\.text) })
                 var pieces: [Tensor] = [], groups: [LlamaGraph.Packing.Group] = [], rows: [Int] = [], expected: [Int] = []
                 var kinds: [Int] = [], promptRows: [Int] = []

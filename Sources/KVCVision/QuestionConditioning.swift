@@ -56,16 +56,11 @@ public final class QuestionConditioning: Module {
 
     /// One offset per (image, question) pair `[pairs, outputDim]`.
     /// - Parameters:
-    ///   - imageFeatures: encoder tokens `[images, tokens, imageDim]`, pooled by mean and by max.
+    ///   - imageFeatures: the encoder's tokens, pooled by mean and by max (`ImageTokens.meanAndMax`).
     ///   - words: the questions' word embeddings stacked `[totalWords, wordDim]` (constant).
     ///   - questions: per pair, the range of its question's rows in `words`, and the index of its image.
-    public func offsets(imageFeatures: Tensor, words: Tensor, pairs: [(words: Range<Int>, image: Int)]) -> Tensor {
-        output(mixed(pooledImages: Self.pool(imageFeatures), words: words, pairs: pairs))
-    }
-
-    /// Encoder tokens `[images, tokens, dim]` pooled as the conditioning reads them: `[images, 2 * dim]`.
-    public static func pool(_ imageFeatures: Tensor) -> Tensor {
-        Tensor.concat([imageFeatures.mean(axis: 1), imageFeatures.max(axis: 1)], axis: 1)
+    public func offsets(imageFeatures: ImageTokens, words: Tensor, pairs: [(words: Range<Int>, image: Int)]) -> Tensor {
+        output(mixed(pooledImages: imageFeatures.meanAndMax, words: words, pairs: pairs))
     }
 
     /// The hidden layer `[pairs, hidden]` (what `output` maps to offsets, and what pretraining reads answers from).

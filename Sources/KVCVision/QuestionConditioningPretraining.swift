@@ -105,13 +105,9 @@ public enum QuestionConditioningPretraining {
             var parts: [Tensor] = []
             Tensor.withNoGrad {
                 for chunk in stride(from: 0, to: images.count, by: 64) {
-                    let rows = Array(chunk..<min(chunk + 64, images.count))
-                    let pixels = Tensor(uninitializedShape: [rows.count, 3, images.side, images.side])
-                    let plane = 3 * images.side * images.side
-                    for (b, row) in rows.enumerated() {
-                        images.writeCHW(row: row, into: pixels.data + b * plane, normalization: encoder.config.normalization)
-                    }
-                    parts.append(QuestionConditioning.pool(encoder(pixels).tokens))
+                    let pixels = images.pixelTensor(rows: Array(chunk..<min(chunk + 64, images.count)),
+                                                    normalization: encoder.config.normalization)
+                    parts.append(encoder(pixels).meanAndMax)
                 }
             }
             pooled = Tensor.concat(parts, axis: 0)

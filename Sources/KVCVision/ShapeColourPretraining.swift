@@ -22,10 +22,7 @@ public final class ShapeColourHead: Module {
     }
 
     /// Logits [N, 3 + 8]: shape classes first, then colours.
-    public func callAsFunction(_ tokens: ImageTokens) -> Tensor {
-        let t = tokens.tokens
-        return classifier(Tensor.concat([t.mean(axis: 1), t.max(axis: 1)], axis: 1))
-    }
+    public func callAsFunction(_ tokens: ImageTokens) -> Tensor { classifier(tokens.meanAndMax) }
 }
 
 public enum ShapeColourPretraining {

@@ -74,6 +74,11 @@ public struct ImageTokens {
     public var imageCount: Int { tokens.shape[0] }
     public var tokensPerImage: Int { tokens.shape[1] }
     public var dim: Int { tokens.shape[2] }
+
+    /// Each image's tokens pooled two ways, mean and max over the grid: `[images, 2 * dim]`. Both "how much of a
+    /// colour" and "is there a corner anywhere" are linearly readable from it (the stage-1 head and the question
+    /// conditioning read images this way).
+    public var meanAndMax: Tensor { Tensor.concat([tokens.mean(axis: 1), tokens.max(axis: 1)], axis: 1) }
 }
 
 /// A small CNN that turns RGB images into a grid of tokens (DESIGN §3): 3x3 convolutions with ReLU between them
