@@ -36,6 +36,15 @@ INLINE __m512 pair_dot(__m512 q0, __m512 q1, __m512 q2, __m512 q3, const float *
     return _mm512_fmadd_ps(q3, _mm512_loadu_ps(xb + 48), s);
 }
 
+/// `pair_dot` for the first vector of a pair alone (the last vector of an odd count): the same lanes on 256 bits, half the
+/// work of a 512-bit operation on this kind of core, which runs those as two 256-bit halves.
+INLINE __m256 single_dot(__m512 q0, __m512 q1, __m512 q2, __m512 q3, const float *xb) {
+    __m256 s = _mm256_mul_ps(_mm512_castps512_ps256(q0), _mm256_loadu_ps(xb));
+    s = _mm256_fmadd_ps(_mm512_castps512_ps256(q1), _mm256_loadu_ps(xb + 16), s);
+    s = _mm256_fmadd_ps(_mm512_castps512_ps256(q2), _mm256_loadu_ps(xb + 32), s);
+    return _mm256_fmadd_ps(_mm512_castps512_ps256(q3), _mm256_loadu_ps(xb + 48), s);
+}
+
 /// Lane k of the result = the sequential sum of r_k's 8 lanes (an 8x8 transpose, then 7 vertical adds in order).
 INLINE __m256 lane_sums(__m256 r0, __m256 r1, __m256 r2, __m256 r3, __m256 r4, __m256 r5, __m256 r6, __m256 r7) {
     __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
@@ -77,9 +86,11 @@ INLINE void finish_group(const __m512 *acc, int g, int pairs, __m256 offsets, in
     for (int v = 8 * g; v < count && v < 8 * g + 8; v++) y[v * y_stride + r] = out[v - 8 * g];
 }
 
-/// The kernel for `pairs` (a literal at each call, so the accumulator array lives in registers) pairs of vectors.
+/// The kernel for `pairs` (a literal at each call, so the accumulator array lives in registers) pairs of vectors; with
+/// `odd`, the last pair holds one vector and is computed on 256 bits.
 INLINE void tile(int format, const uint8_t *w, long rows, long row_bytes, long blocks, const float *xp,
-                 const float *sums, float *y, long y_stride, int count, const int pairs) {
+                 const float *sums, float *y, long y_stride, int count, const int pairs, const int odd) {
+    const int full_pairs = pairs - odd;
     const int q8 = format == kvc_format_q8_0, has_min = format == kvc_format_q4_1;
     const long block_bytes = q8 ? 34 : (has_min ? 20 : 18);
     const long pair_stride = blocks * 64;
@@ -93,6 +104,7 @@ INLINE void tile(int format, const uint8_t *w, long rows, long row_bytes, long b
         }
         __m512 acc[8];
         for (int i = 0; i < pairs; i++) acc[i] = _mm512_setzero_ps();
+        __m256 last = _mm256_setzero_ps();
         __m256 off0 = _mm256_setzero_ps(), off1 = _mm256_setzero_ps();
         for (long b = 0; b < blocks; b++, p += block_bytes) {
             const float d = half_at(p);
@@ -119,8 +131,10 @@ INLINE void tile(int format, const uint8_t *w, long rows, long row_bytes, long b
             }
             const __m512 dv = _mm512_set1_ps(d);
             const float *xb = xp + b * 64;
-            for (int i = 0; i < pairs; i++) acc[i] = _mm512_fmadd_ps(dv, pair_dot(q0, q1, q2, q3, xb + i * pair_stride), acc[i]);
+            for (int i = 0; i < full_pairs; i++) acc[i] = _mm512_fmadd_ps(dv, pair_dot(q0, q1, q2, q3, xb + i * pair_stride), acc[i]);
+            if (odd) last = _mm256_fmadd_ps(_mm512_castps512_ps256(dv), single_dot(q0, q1, q2, q3, xb + full_pairs * pair_stride), last);
         }
+        if (odd) acc[full_pairs] = _mm512_insertf32x8(_mm512_setzero_ps(), last, 0);
         finish_group(acc, 0, pairs, off0, !q8, y, y_stride, r, count);
         if (pairs > 4) finish_group(acc, 1, pairs, off1, !q8, y, y_stride, r, count);
     }
@@ -129,15 +143,23 @@ INLINE void tile(int format, const uint8_t *w, long rows, long row_bytes, long b
 /// One copy per format and pair count, each with both as literals.
 INLINE void tile_format(const int format, const uint8_t *w, long rows, long row_bytes, long blocks, const float *xp,
                         const float *sums, float *y, long y_stride, int count) {
-    switch ((count + 1) / 2) {
-    case 1: tile(format, w, rows, row_bytes, blocks, xp, sums, y, y_stride, count, 1); break;
-    case 2: tile(format, w, rows, row_bytes, blocks, xp, sums, y, y_stride, count, 2); break;
-    case 3: tile(format, w, rows, row_bytes, blocks, xp, sums, y, y_stride, count, 3); break;
-    case 4: tile(format, w, rows, row_bytes, blocks, xp, sums, y, y_stride, count, 4); break;
-    case 5: tile(format, w, rows, row_bytes, blocks, xp, sums, y, y_stride, count, 5); break;
-    case 6: tile(format, w, rows, row_bytes, blocks, xp, sums, y, y_stride, count, 6); break;
-    case 7: tile(format, w, rows, row_bytes, blocks, xp, sums, y, y_stride, count, 7); break;
-    default: tile(format, w, rows, row_bytes, blocks, xp, sums, y, y_stride, count, 8); break;
+    switch (count) {
+    case 1: tile(format, w, rows, row_bytes, blocks, xp, sums, y, y_stride, count, 1, 1); break;
+    case 2: tile(format, w, rows, row_bytes, blocks, xp, sums, y, y_stride, count, 1, 0); break;
+    case 3: tile(format, w, rows, row_bytes, blocks, xp, sums, y, y_stride, count, 2, 1); break;
+    case 4: tile(format, w, rows, row_bytes, blocks, xp, sums, y, y_stride, count, 2, 0); break;
+    case 5: tile(format, w, rows, row_bytes, blocks, xp, sums, y, y_stride, count, 3, 1); break;
+    case 6: tile(format, w, rows, row_bytes, blocks, xp, sums, y, y_stride, count, 3, 0); break;
+    case 7: tile(format, w, rows, row_bytes, blocks, xp, sums, y, y_stride, count, 4, 1); break;
+    case 8: tile(format, w, rows, row_bytes, blocks, xp, sums, y, y_stride, count, 4, 0); break;
+    case 9: tile(format, w, rows, row_bytes, blocks, xp, sums, y, y_stride, count, 5, 1); break;
+    case 10: tile(format, w, rows, row_bytes, blocks, xp, sums, y, y_stride, count, 5, 0); break;
+    case 11: tile(format, w, rows, row_bytes, blocks, xp, sums, y, y_stride, count, 6, 1); break;
+    case 12: tile(format, w, rows, row_bytes, blocks, xp, sums, y, y_stride, count, 6, 0); break;
+    case 13: tile(format, w, rows, row_bytes, blocks, xp, sums, y, y_stride, count, 7, 1); break;
+    case 14: tile(format, w, rows, row_bytes, blocks, xp, sums, y, y_stride, count, 7, 0); break;
+    case 15: tile(format, w, rows, row_bytes, blocks, xp, sums, y, y_stride, count, 8, 1); break;
+    default: tile(format, w, rows, row_bytes, blocks, xp, sums, y, y_stride, count, 8, 0); break;
     }
 }
 

@@ -82,17 +82,24 @@ private final class BatchRouter: FusedAttentionCache {
 
     func trim(to length: Int) { preconditionFailure("BatchRouter: trim each sequence's own cache") }
 
-    /// Each sequence attends over its own cache; sequences are split over the threads (one thread each inside).
+    /// Each sequence attends over its own cache. Whole rounds of sequences go one per thread (one thread each
+    /// inside); the sequences left over when the batch is not a multiple of the threads (a batch of one among them)
+    /// attend one after another with all the threads (each cache splits its heads), so three sequences on two threads
+    /// take about 1.7 sequences' time instead of 2.
     func attend(layer: Int, queries: UnsafePointer<Float>, count: Int, firstPosition: Int, headCount: Int,
                 output: UnsafeMutablePointer<Float>, threads: Int) -> Bool {
         let rowStride = headCount * headDim
-        let perform: (Int) -> Void = { i in
-            self.caches[i].attention(layer: layer, queries: queries + i * rowStride, count: 1,
-                                     firstPosition: self.positions[i], headCount: headCount,
-                                     output: output + i * rowStride, threads: 1)
+        func perform(_ i: Int, threads: Int) {
+            caches[i].attention(layer: layer, queries: queries + i * rowStride, count: 1, firstPosition: positions[i],
+                                headCount: headCount, output: output + i * rowStride, threads: threads)
         }
-        // One sequence per chunk on the decode pool (the pool runs them in the caller alone for one thread).
-        DecodeThreadPool.shared(threads: min(threads, count)).run(chunks: count, perform)
+        let lanes = min(threads, count)
+        let paired = lanes > 1 ? count - count % lanes : 0
+        if paired > 0 {
+            DecodeThreadPool.shared(threads: lanes).run(chunks: paired) { perform($0, threads: 1) }
+        }
+        // A batch of one included: before, it attended on one thread while single-stream decoding used them all.
+        for i in paired..<count { perform(i, threads: threads) }
         return true
     }
 }
