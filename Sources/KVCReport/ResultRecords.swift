@@ -174,7 +174,11 @@ extension BenchRun {
     init(object: [String: Any], source: String) throws {
         self.source = source
         let regimeObject = object["regime"] as? [String: Any] ?? [:]
-        regime = regimeObject.keys.sorted().map { ($0, "\(regimeObject[$0]!)") }
+        // A list (the budgets of a sweep) reads as "15, 24, 30", not as the array's debug description.
+        regime = regimeObject.keys.sorted().map { key in
+            let value = regimeObject[key]!
+            return (key, (value as? [Any]).map { $0.map { "\($0)" }.joined(separator: ", ") } ?? "\(value)")
+        }
         guard let list = object["rows"] as? [Any] else { throw KVCError.file(source, "field `rows` must be an array") }
         rows = try list.enumerated().map { i, item in
             guard let row = item as? [String: Any] else { throw KVCError.file(source, "rows[\(i)] is not an object") }

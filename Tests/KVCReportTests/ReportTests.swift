@@ -90,6 +90,20 @@ final class ReportTests: XCTestCase {
         XCTAssertTrue(html.contains("images = 8"), "the regime is stated")
     }
 
+    /// `kvc-bench capsule --budget-mb 15 24`: one row per method and budget, the budgets listed in the regime.
+    func testBudgetSweepIsPlottedOverTheBudget() throws {
+        let bench = try write("sweep-bench.json", """
+        {"regime":{"images":8,"budget_mb":[15,24]},"rows":[
+        {"method":"full","ratio":0,"budget_mb":15,"batch":1,"tps":150},{"method":"capsule-fused","ratio":0.6,"budget_mb":15,"batch":2,"tps":260},
+        {"method":"full","ratio":0,"budget_mb":24,"batch":1,"tps":150},{"method":"capsule-fused","ratio":0.6,"budget_mb":24,"batch":3,"tps":330}]}
+        """)
+        let report = HTMLReport(inputs: try ReportInputs.load(paths: [bench]))
+        let chart = try XCTUnwrap(report.charts().first { $0.name.hasPrefix("tokens-per-second") }?.chart)
+        XCTAssertEqual(chart.xLabel, "KV budget (MB)")
+        XCTAssertEqual(chart.series.map { $0.points.map(\.x) }, [[15, 24], [15, 24]], "one line per method over the budgets")
+        XCTAssertTrue(report.render().contains("budget_mb = 15, 24"), "the regime lists the budgets, not an array's description")
+    }
+
     func testChartMapsPointsIntoThePlotArea() {
         let chart = SVGChart(title: "t", xLabel: "x", yLabel: "y",
                              series: [.init(label: "a & b", points: [(0, 0), (1, 1)])], yRange: 0...1)

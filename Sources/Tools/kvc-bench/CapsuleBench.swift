@@ -28,11 +28,13 @@ struct CapsuleBench: ParsableCommand {
                                      the whole attention cost, unaffected by other processes taking the core;
           overhead_ms_per_step       attention_ms_per_step minus the full cache's, and overhead_share = that / step_ms
                                      (what reconstruction costs a decode step);
-          batch, tps                 sequences whose kv_bytes fit --budget-mb (at most --max-batch), decoded together
-                                     (LlamaModel.decodeStep), and their total tokens/s; tps_vs_full = tps / full's tps;
-                                     with --rounds N the budget runs of all methods take turns N times (full, capsule,
-                                     full, ...), tps is the median over rounds, tps_vs_full the median of the per-round
-                                     ratios, and tps_rounds lists every round (drift of the machine hits all methods);
+          batch, tps                 per budget of --budget-mb (one row per method and budget): the sequences whose
+                                     kv_bytes fit it (at most --max-batch), decoded together (LlamaModel.decodeStep),
+                                     and their total tokens/s; tps_vs_full = tps / full's tps at the same budget.
+                                     Each distinct (method, batch) is decoded once per round and the rounds take turns
+                                     (full, capsule, full, ...), so a slow minute of the machine hits every method;
+                                     tps is the median over --rounds, tps_vs_full the median of the per-round ratios,
+                                     tps_rounds and tps_vs_full_rounds list every round;
           *_cpu                      the same rates per CPU-second of the process: they hold up when other processes
                                      share the cores (use --threads 1 for them, where no thread spins waiting for work).
         Dense mode also keeps one layer of float32 scratch per sequence, not counted in kv_bytes or the budget.
@@ -48,8 +50,9 @@ struct CapsuleBench: ParsableCommand {
     @Option(parsing: .upToNextOption, help: "Capsule modes to measure (dense, fused).") var modes = ["dense", "fused"]
     @Option(help: "easy-VQA directory (default: the project's asset).") var data: String?
     @Option(help: "Images per prompt.") var images = 8
-    @Option(name: .customLong("budget-mb"), help: "KV memory budget in MB (10^6 bytes) for the batched regime.")
-    var budgetMB: Double = 64
+    @Option(name: .customLong("budget-mb"), parsing: .upToNextOption,
+            help: "KV memory budgets in MB (10^6 bytes) for the batched regime, e.g. --budget-mb 15 24 30 64.")
+    var budgetMB: [Double] = [64]
     @Option(name: .customLong("max-batch"), help: "Most sequences decoded together.") var maxBatch = 24
     @Option(name: .customLong("decode-tokens"), help: "Timed decode steps per run.") var decodeTokens = 32
     @Option(help: "Decoder and BLAS threads.") var threads = 2
@@ -82,13 +85,15 @@ struct CapsuleBench: ParsableCommand {
         var tpsCpuVsFull: Double
         /// Tokens/s of each round under the budget (one entry without --rounds).
         var tpsRounds: [Double]
+        /// tps / full's tps in each round: the spread of the speed-up, not only its median.
+        var tpsVsFullRounds: [Double]
     }
 
     struct Regime: Codable {
         var images: Int
         var contextTokens: Int
         var decodeTokens: Int
-        var budgetMb: Double
+        var budgetMb: [Double]
         var threads: Int
         var cores: Int
         var loadAverage: Double
@@ -106,7 +111,7 @@ struct CapsuleBench: ParsableCommand {
 
     func validate() throws {
         if images < 1 { throw ValidationError("--images must be >= 1") }
-        if budgetMB <= 0 { throw ValidationError("--budget-mb must be > 0") }
+        if budgetMB.isEmpty || budgetMB.contains(where: { !($0 > 0) }) { throw ValidationError("--budget-mb: every budget must be > 0") }
         if maxBatch < 1 { throw ValidationError("--max-batch must be >= 1") }
         if decodeTokens < 1 { throw ValidationError("--decode-tokens must be >= 1") }
         if threads < 1 { throw ValidationError("--threads must be >= 1") }
@@ -147,38 +152,47 @@ struct CapsuleBench: ParsableCommand {
                 methods.append((name, settings.budget.ratio, { CapsuleCache(config: llama.config, rope: llama.rope, settings: s) }))
             }
         }
-        let meter = Progress("kvc-bench capsule", total: methods.count * (1 + rounds), unit: "runs", enabled: !json)
         let singles = try methods.map { method -> BenchWorkload.SingleStream in
-            defer { meter.advance(status: "\(method.name) r=\(method.ratio): single stream") }
-            return try workload.singleStream(make: method.make)
+            try workload.singleStream(make: method.make)
         }
-        let batches = singles.map { min(maxBatch, Int(budgetMB * 1e6) / max($0.kvBytes, 1)) }
-        // The budget runs take turns, so a slow minute of the machine lands on every method rather than on one.
-        var wall = [[Double]](repeating: [], count: methods.count), cpu = wall
+        // Batch of each method at each budget; the tokens/s of a batch does not depend on the budget, so each
+        // distinct (method, batch) is decoded once per round however many budgets share it.
+        let batches = budgetMB.map { budget in singles.map { min(maxBatch, Int(budget * 1e6) / max($0.kvBytes, 1)) } }
+        let runs = methods.indices.map { m in Set(batches.map { $0[m] }.filter { $0 > 0 }).sorted() }
+        let meter = Progress("kvc-bench capsule", total: rounds * runs.reduce(0) { $0 + $1.count }, unit: "runs",
+                             enabled: !json)
+        var wall = [[Int: [Double]]](repeating: [:], count: methods.count), cpu = wall
         for _ in 0..<rounds {
             for (m, method) in methods.enumerated() {
-                let (tps, tpsCPU) = batches[m] > 0 ? try workload.batched(count: batches[m], make: method.make) : (0, 0)
-                wall[m].append(tps)
-                cpu[m].append(tpsCPU)
-                meter.advance(status: "\(method.name) r=\(method.ratio): batch \(batches[m]), \(String(format: "%.1f", tps)) tok/s")
+                for batch in runs[m] {
+                    let (tps, tpsCPU) = try workload.batched(count: batch, make: method.make)
+                    wall[m][batch, default: []].append(tps)
+                    cpu[m][batch, default: []].append(tpsCPU)
+                    meter.advance(status: "\(method.name) r=\(method.ratio): batch \(batch), \(String(format: "%.1f", tps)) tok/s")
+                }
             }
         }
-        func medianRatio(_ a: [Double], _ b: [Double]) -> Double {
-            TensorBench.median(zip(a, b).map { $1 > 0 ? $0 / $1 : 0 })
-        }
+        func ratios(_ a: [Double], _ b: [Double]) -> [Double] { zip(a, b).map { $1 > 0 ? $0 / $1 : 0 } }
         let full = methods.firstIndex { $0.name == "full" }!
-        let rows = methods.indices.map { m -> Row in
-            let single = singles[m]
-            let overhead = (single.attentionSeconds - singles[full].attentionSeconds) * 1000
-            let stepMs = single.stepSeconds * 1000
-            return Row(method: methods[m].name, ratio: methods[m].ratio, ratioMeasured: single.visionRatio,
-                       kvBytes: single.kvBytes, kvBytesFull: single.kvBytesFull, decodeTps: 1 / single.stepSeconds,
-                       decodeTpsCpu: 1 / single.stepCPUSeconds,
-                       stepMs: stepMs, attentionMsPerStep: single.attentionSeconds * 1000,
-                       attentionCpuMsPerStep: single.attentionCPUSeconds * 1000,
-                       overheadMsPerStep: overhead, overheadShare: overhead / stepMs, budgetMb: budgetMB,
-                       batch: batches[m], tps: TensorBench.median(wall[m]), tpsVsFull: medianRatio(wall[m], wall[full]),
-                       tpsCpu: TensorBench.median(cpu[m]), tpsCpuVsFull: medianRatio(cpu[m], cpu[full]), tpsRounds: wall[m])
+        let zeros = [Double](repeating: 0, count: rounds)
+        let rows = budgetMB.indices.flatMap { b in
+            methods.indices.map { m -> Row in
+                let single = singles[m]
+                let overhead = (single.attentionSeconds - singles[full].attentionSeconds) * 1000
+                let stepMs = single.stepSeconds * 1000
+                let tps = wall[m][batches[b][m]] ?? zeros, tpsCPU = cpu[m][batches[b][m]] ?? zeros
+                let fullTps = wall[full][batches[b][full]] ?? zeros, fullCPU = cpu[full][batches[b][full]] ?? zeros
+                return Row(method: methods[m].name, ratio: methods[m].ratio, ratioMeasured: single.visionRatio,
+                           kvBytes: single.kvBytes, kvBytesFull: single.kvBytesFull, decodeTps: 1 / single.stepSeconds,
+                           decodeTpsCpu: 1 / single.stepCPUSeconds,
+                           stepMs: stepMs, attentionMsPerStep: single.attentionSeconds * 1000,
+                           attentionCpuMsPerStep: single.attentionCPUSeconds * 1000,
+                           overheadMsPerStep: overhead, overheadShare: overhead / stepMs, budgetMb: budgetMB[b],
+                           batch: batches[b][m], tps: TensorBench.median(tps),
+                           tpsVsFull: TensorBench.median(ratios(tps, fullTps)), tpsCpu: TensorBench.median(tpsCPU),
+                           tpsCpuVsFull: TensorBench.median(ratios(tpsCPU, fullCPU)), tpsRounds: tps,
+                           tpsVsFullRounds: ratios(tps, fullTps))
+            }
         }
         let regime = Regime(images: images, contextTokens: workload.contextTokens, decodeTokens: decodeTokens,
                             budgetMb: budgetMB, threads: threads, cores: ProcessInfo.processInfo.activeProcessorCount,
@@ -197,18 +211,27 @@ struct CapsuleBench: ParsableCommand {
         }
         let r = report.regime
         Swift.print(String(format: "Regime: %d easy-VQA images per prompt, %d context tokens before decoding, %d decode steps; "
-                           + "budget %.0f MB; %d threads on %d cores, load average %.2f at start, %.2f at the end",
-                           r.images, r.contextTokens, r.decodeTokens, r.budgetMb, r.threads, r.cores, r.loadAverage,
-                           r.loadAverageEnd))
+                           + "budgets %@ MB; %d rounds; %d threads on %d cores, load average %.2f at start, %.2f at the end",
+                           r.images, r.contextTokens, r.decodeTokens, r.budgetMb.map { String(format: "%g", $0) }.joined(separator: ", "),
+                           r.rounds, r.threads, r.cores, r.loadAverage, r.loadAverageEnd))
         Swift.print("| method | ratio (measured) | kv_bytes | vs full | single tok/s | single tok/CPU-s | step ms | attention ms/step (thread CPU) | "
-                    + "overhead ms/step (share) | batch | tok/s in budget | vs full | tok/CPU-s in budget | vs full |")
-        Swift.print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for row in report.rows {
+                    + "overhead ms/step (share) |")
+        Swift.print("|---|---|---|---|---|---|---|---|---|")
+        for row in report.rows where row.budgetMb == r.budgetMb[0] {
             let ratio = row.method == "full" ? "-" : String(format: "%.1f (%.3f)", row.ratio, row.ratioMeasured ?? 0)
-            Swift.print(String(format: "| %@ | %@ | %d | %.2fx smaller | %.1f | %.1f | %.2f | %.2f (%.2f) | %+.2f (%+.1f%%) | %d | %.1f | %.2fx | %.1f | %.2fx |",
+            Swift.print(String(format: "| %@ | %@ | %d | %.2fx smaller | %.1f | %.1f | %.2f | %.2f (%.2f) | %+.2f (%+.1f%%) |",
                                row.method, ratio, row.kvBytes, Double(row.kvBytesFull) / Double(max(row.kvBytes, 1)),
-                               row.decodeTps, row.decodeTpsCpu, row.stepMs, row.attentionMsPerStep, row.attentionCpuMsPerStep, row.overheadMsPerStep,
-                               100 * row.overheadShare, row.batch, row.tps, row.tpsVsFull, row.tpsCpu, row.tpsCpuVsFull))
+                               row.decodeTps, row.decodeTpsCpu, row.stepMs, row.attentionMsPerStep, row.attentionCpuMsPerStep,
+                               row.overheadMsPerStep, 100 * row.overheadShare))
+        }
+        Swift.print("")
+        Swift.print("| budget MB | method | batch | tok/s in budget | vs full (median) | vs full (lowest-highest round) | tok/CPU-s | vs full |")
+        Swift.print("|---|---|---|---|---|---|---|---|")
+        for row in report.rows {
+            let spread = row.method == "full" ? "-"
+                : String(format: "%.2f-%.2fx", row.tpsVsFullRounds.min() ?? 0, row.tpsVsFullRounds.max() ?? 0)
+            Swift.print(String(format: "| %g | %@ | %d | %.1f | %.2fx | %@ | %.1f | %.2fx |", row.budgetMb, row.method, row.batch,
+                               row.tps, row.tpsVsFull, spread, row.tpsCpu, row.tpsCpuVsFull))
         }
     }
 }
