@@ -30,6 +30,11 @@ public struct EasyVQAEvaluation {
         /// depends on the question (a capsule with score-based retention compresses with the question's queries, so a
         /// shared prefix would keep the first question's choice for all).
         public var prefixPerQuestion = false
+        /// Independent evaluation lanes: the images are split into this many contiguous runs, each answered on its own
+        /// thread with its own caches (the model's weights are shared, read-only). A prefix of ~70 positions does not
+        /// scale with BLAS or decoder threads, so on several cores lanes of one thread each (the caller sets those) are
+        /// what uses them; the answers are the same as with one lane.
+        public var lanes = 1
         public init() {}
     }
 
@@ -57,7 +62,8 @@ public struct EasyVQAEvaluation {
         public var blind: Bool
         public var questions_per_second: Double
         public var seconds: Double
-        /// Where the time went (totals): front end over all images, image prefixes, question prefills, decoding.
+        /// Where the time went (totals, summed over lanes): front end over all images, image prefixes, question
+        /// prefills, decoding.
         public var seconds_front_end: Double
         public var seconds_prefix: Double
         public var seconds_question: Double
@@ -78,6 +84,8 @@ public struct EasyVQAEvaluation {
         public var kv_bytes_vision_full: Int?
         /// Answers chosen among the labels from first-step logits (`Options.constrainedLabels`).
         public var constrained: Bool?
+        /// Evaluation lanes run side by side (`Options.lanes`), when more than one.
+        public var lanes: Int?
     }
 
     public struct Result {
@@ -116,65 +124,41 @@ public struct EasyVQAEvaluation {
         let fullBytesPerPosition = config.layerCount * config.kvHeadCount * config.headDim * 2 * 2
         let meter = Progress("easy-VQA \(split.split.rawValue)\(options.blind ? " (blind)" : "")", total: questions.count,
                              unit: "questions", enabled: options.progress)
-        var records = [Record?](repeating: nil, count: questions.count)
-        var correct = 0, bytes = 0, fullBytes = 0, visionHeld = 0, visionFull = 0
-        var ratio: Double?
         let scorer = try options.constrainedLabels.map { try ConstrainedAnswer(labels: $0, tokenizer: model.backbone.tokenizer) }
-        var frontEndSeconds = 0.0, prefixSeconds = 0.0, questionSeconds = 0.0, decodeSeconds = 0.0
-        let start = DispatchTime.now()
-        for chunk in stride(from: 0, to: order.count, by: max(1, options.frontEndBatch)) {
-            let ids = Array(order[chunk..<min(chunk + max(1, options.frontEndBatch), order.count)])
-            let images = ids.map { split.images.image(row: split.images.row(of: $0)!) }
-            // A front end that reads the question makes each question's image tokens, so each gets its own prefix.
-            let questionAware = !options.blind && model.frontEnd.readsQuestion
-            let t0 = DispatchTime.now()
-            let embeddings = options.blind || questionAware ? ids.map { _ in [Float]() } : model.frontEnd.embed(images)
-            frontEndSeconds += elapsed(t0)
-            for (b, id) in ids.enumerated() {
-                func prefillImage(for question: String) throws -> VisionLanguageModel.PrefilledPrefix {
-                    var tokens = embeddings[b]
-                    if questionAware {
-                        let t = DispatchTime.now()
-                        tokens = try model.imageEmbeddings([images[b]], question: question)[0]
-                        frontEndSeconds += elapsed(t)
-                    }
-                    let prefilled = try model.prefill(imageEmbeddings: tokens.isEmpty ? [] : [tokens], question: question,
-                                                      cache: makeCache(), afterPrefill: afterPrefill)
-                    prefixSeconds += prefilled.timing.prefillSeconds
-                    return prefilled
-                }
-                var shared: VisionLanguageModel.PrefilledPrefix?
-                for i in byImage[id]! {
-                    let q = questions[i]
-                    let prefilled = try (options.prefixPerQuestion || questionAware ? nil : shared) ?? prefillImage(for: q.text)
-                    shared = prefilled
-                    let text: String
-                    if let scorer {
-                        let t = DispatchTime.now()
-                        text = scorer.choose(logits: try model.firstAnswerLogits(question: q.text, after: prefilled))
-                        questionSeconds += elapsed(t)
-                    } else {
-                        let answer = try model.answer(question: q.text, after: prefilled)
-                        text = answer.text
-                        questionSeconds += answer.timing.prefillSeconds
-                        decodeSeconds += answer.timing.decodeSeconds
-                    }
-                    let record = Record(image: "\(split.split.rawValue)/images/\(id).png", question: q.text,
-                                        expected: q.answer, answer: text)
-                    records[i] = record
-                    if record.correct { correct += 1 }
-                    bytes += storedBytes(prefilled.cache)
-                    fullBytes += prefilled.cache.length * fullBytesPerPosition
-                    if let v = visionBytes?(prefilled.cache) {
-                        ratio = v.ratio
-                        visionHeld += v.held
-                        visionFull += v.full
-                    }
-                    onRecord?(record)
-                    meter.advance(status: String(format: "accuracy %.3f", Double(correct) / Double(meter.done + 1)))
-                }
-            }
+        // Contiguous runs of images with about the same number of questions each, one per lane.
+        let laneCount = max(1, min(options.lanes, order.count))
+        var runs = [[Int]](repeating: [], count: laneCount)
+        var assigned = 0
+        for id in order {
+            runs[min(laneCount - 1, assigned * laneCount / max(questions.count, 1))].append(id)
+            assigned += byImage[id]!.count
         }
+        let shared = LaneShared(meter: meter, onRecord: onRecord)
+        let start = DispatchTime.now()
+        var lanes: [Lane] = []
+        if laneCount == 1 {
+            lanes = [try answer(images: runs[0], split: split, questions: questions, byImage: byImage, scorer: scorer,
+                                fullBytesPerPosition: fullBytesPerPosition, shared: shared)]
+        } else {
+            let outcomes = LaneOutcomes(count: laneCount)
+            DispatchQueue.concurrentPerform(iterations: laneCount) { l in
+                outcomes.store(l, Swift.Result {
+                    try answer(images: runs[l], split: split, questions: questions, byImage: byImage, scorer: scorer,
+                               fullBytesPerPosition: fullBytesPerPosition, shared: shared)
+                })
+            }
+            lanes = try outcomes.all.map { try $0!.get() }
+        }
+        var records = [Record?](repeating: nil, count: questions.count)
+        var total = Lane()
+        for lane in lanes {
+            for (i, record) in lane.records { records[i] = record }
+            total.add(lane)
+        }
+        let (correct, bytes, fullBytes, visionHeld, visionFull, ratio) = (total.correct, total.bytes, total.fullBytes,
+                                                                         total.visionHeld, total.visionFull, total.ratio)
+        let (frontEndSeconds, prefixSeconds, questionSeconds, decodeSeconds) = (total.frontEndSeconds, total.prefixSeconds,
+                                                                                total.questionSeconds, total.decodeSeconds)
         let seconds = elapsed(start)
         let n = questions.count
         var summary = Summary(split: split.split.rawValue, n: n, accuracy: n > 0 ? Double(correct) / Double(n) : 0,
@@ -185,6 +169,7 @@ public struct EasyVQAEvaluation {
                               kv_bytes: n > 0 ? bytes / n : 0, kv_bytes_full: n > 0 ? fullBytes / n : 0,
                               skipped: split.skipped.count, front_end: options.frontEndPath)
         summary.question_prompt = model.questionPromptPath
+        if laneCount > 1 { summary.lanes = laneCount }
         let answered = records.compactMap { $0 }
         let yesNo = answered.filter { EasyVQA.isYesNo($0.expected) }
         let open = answered.filter { !EasyVQA.isYesNo($0.expected) }
@@ -199,5 +184,128 @@ public struct EasyVQAEvaluation {
             summary.kv_bytes_vision_full = visionFull / n
         }
         return Result(records: answered, summary: summary, skipped: split.skipped)
+    }
+
+    /// What one lane adds up: its records (by question index) and totals.
+    private struct Lane {
+        var records: [(Int, Record)] = []
+        var correct = 0, bytes = 0, fullBytes = 0, visionHeld = 0, visionFull = 0
+        var ratio: Double?
+        var frontEndSeconds = 0.0, prefixSeconds = 0.0, questionSeconds = 0.0, decodeSeconds = 0.0
+
+        mutating func add(_ other: Lane) {
+            records += other.records
+            correct += other.correct
+            bytes += other.bytes
+            fullBytes += other.fullBytes
+            visionHeld += other.visionHeld
+            visionFull += other.visionFull
+            ratio = ratio ?? other.ratio
+            frontEndSeconds += other.frontEndSeconds
+            prefixSeconds += other.prefixSeconds
+            questionSeconds += other.questionSeconds
+            decodeSeconds += other.decodeSeconds
+        }
+    }
+
+    /// The progress meter and the record callback, which the lanes take turns at. Records reach the callback in
+    /// question order whatever the lanes' pace (a later lane's wait until the earlier ones catch up), so an answers
+    /// file is the same with any number of lanes.
+    private final class LaneShared: @unchecked Sendable {
+        let meter: KVCCore.Progress
+        let onRecord: ((Record) -> Void)?
+        private let lock = NSLock()
+        private var correct = 0
+        private var pending: [Int: Record] = [:]
+        private var next = 0
+
+        init(meter: KVCCore.Progress, onRecord: ((Record) -> Void)?) {
+            self.meter = meter
+            self.onRecord = onRecord
+        }
+
+        func answered(_ index: Int, _ record: Record) {
+            lock.lock()
+            defer { lock.unlock() }
+            if record.correct { correct += 1 }
+            pending[index] = record
+            while let ready = pending.removeValue(forKey: next) {
+                onRecord?(ready)
+                next += 1
+            }
+            meter.advance(status: String(format: "accuracy %.3f", Double(correct) / Double(meter.done + 1)))
+        }
+    }
+
+    /// Each lane's outcome, stored from its own thread.
+    private final class LaneOutcomes: @unchecked Sendable {
+        private let lock = NSLock()
+        private(set) var all: [Swift.Result<Lane, Error>?]
+        init(count: Int) { all = Array(repeating: nil, count: count) }
+        func store(_ lane: Int, _ outcome: Swift.Result<Lane, Error>) {
+            lock.lock()
+            all[lane] = outcome
+            lock.unlock()
+        }
+    }
+
+    /// Answers every question about `images` (in order), front end batch by batch.
+    private func answer(images order: [Int], split: EasyVQASplit, questions: [EasyVQA.Question],
+                        byImage: [Int: [Int]], scorer: ConstrainedAnswer?, fullBytesPerPosition: Int,
+                        shared: LaneShared) throws -> Lane {
+        var lane = Lane()
+        for chunk in stride(from: 0, to: order.count, by: max(1, options.frontEndBatch)) {
+            let ids = Array(order[chunk..<min(chunk + max(1, options.frontEndBatch), order.count)])
+            let images = ids.map { split.images.image(row: split.images.row(of: $0)!) }
+            // A front end that reads the question makes each question's image tokens, so each gets its own prefix.
+            let questionAware = !options.blind && model.frontEnd.readsQuestion
+            let t0 = DispatchTime.now()
+            let embeddings = options.blind || questionAware ? ids.map { _ in [Float]() } : model.frontEnd.embed(images)
+            lane.frontEndSeconds += elapsed(t0)
+            for (b, id) in ids.enumerated() {
+                func prefillImage(for question: String) throws -> VisionLanguageModel.PrefilledPrefix {
+                    var tokens = embeddings[b]
+                    if questionAware {
+                        let t = DispatchTime.now()
+                        tokens = try model.imageEmbeddings([images[b]], question: question)[0]
+                        lane.frontEndSeconds += elapsed(t)
+                    }
+                    let prefilled = try model.prefill(imageEmbeddings: tokens.isEmpty ? [] : [tokens], question: question,
+                                                      cache: makeCache(), afterPrefill: afterPrefill)
+                    lane.prefixSeconds += prefilled.timing.prefillSeconds
+                    return prefilled
+                }
+                var prefix: VisionLanguageModel.PrefilledPrefix?
+                for i in byImage[id]! {
+                    let q = questions[i]
+                    let prefilled = try (options.prefixPerQuestion || questionAware ? nil : prefix) ?? prefillImage(for: q.text)
+                    prefix = prefilled
+                    let text: String
+                    if let scorer {
+                        let t = DispatchTime.now()
+                        text = scorer.choose(logits: try model.firstAnswerLogits(question: q.text, after: prefilled))
+                        lane.questionSeconds += elapsed(t)
+                    } else {
+                        let answer = try model.answer(question: q.text, after: prefilled)
+                        text = answer.text
+                        lane.questionSeconds += answer.timing.prefillSeconds
+                        lane.decodeSeconds += answer.timing.decodeSeconds
+                    }
+                    let record = Record(image: "\(split.split.rawValue)/images/\(id).png", question: q.text,
+                                        expected: q.answer, answer: text)
+                    lane.records.append((i, record))
+                    if record.correct { lane.correct += 1 }
+                    lane.bytes += storedBytes(prefilled.cache)
+                    lane.fullBytes += prefilled.cache.length * fullBytesPerPosition
+                    if let v = visionBytes?(prefilled.cache) {
+                        lane.ratio = v.ratio
+                        lane.visionHeld += v.held
+                        lane.visionFull += v.full
+                    }
+                    shared.answered(i, record)
+                }
+            }
+        }
+        return lane
     }
 }

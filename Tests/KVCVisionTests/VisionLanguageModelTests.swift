@@ -79,6 +79,26 @@ final class VisionLanguageModelTests: XCTestCase {
 
     // MARK: Shared prefix
 
+    /// Lanes answer runs of images side by side: the same records, reported to the callback in question order, and the
+    /// same summary apart from timing.
+    func testLanesGiveTheSameAnswersInQuestionOrder() throws {
+        let vlm = try model()
+        let test = try EasyVQA(root: TestSupport.easyVQARoot()).load(.test)
+        var options = EasyVQAEvaluation.Options()
+        options.limit = 26
+        let one = try EasyVQAEvaluation(model: vlm, options: options).run(test)
+        options.lanes = 3
+        var seen: [EasyVQAEvaluation.Record] = []
+        let three = try EasyVQAEvaluation(model: vlm, options: options).run(test) { seen.append($0) }
+        XCTAssertGreaterThanOrEqual(Set(one.records.map(\.image)).count, 3, "enough images for three lanes")
+        XCTAssertEqual(three.records, one.records)
+        XCTAssertEqual(seen, one.records, "the callback sees question order")
+        XCTAssertEqual(three.summary.accuracy, one.summary.accuracy)
+        XCTAssertEqual(three.summary.kv_bytes, one.summary.kv_bytes)
+        XCTAssertEqual(three.summary.lanes, 3)
+        XCTAssertNil(one.summary.lanes)
+    }
+
     /// The evaluation prefills each image once and trims back between questions; a fresh one-call prefill of the
     /// whole prompt must give the same answers and (within float16-cache rounding) the same next-token logits.
     func testSharedPrefixMatchesFreshPrefill() throws {

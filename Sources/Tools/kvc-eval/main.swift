@@ -56,7 +56,9 @@ struct KVCEval: ParsableCommand {
     var constrained = false
     @Option(name: .customLong("capsule-mode"), help: "With --adapter: fused (attention reads the capsule, the default) or dense (rebuild the span every step).")
     var capsuleMode: String?
-    @Option(help: "Decoder threads (default: all cores).") var threads: Int?
+    @Option(help: "Decoder threads (default: all cores; 1 with --lanes).") var threads: Int?
+    @Option(help: "Evaluation lanes side by side, each answering a contiguous run of the images on its own thread with decoder and BLAS threads 1 (a ~70-position prefix does not scale with threads, lanes do; same answers as one lane). Plain and --adapter evaluation.")
+    var lanes = 1
     @Flag(help: "No progress on stderr.") var quiet = false
     @Option(help: "A .kvcap capsule adapter: answer from the compressed cache (its vision span is compressed after prefill).")
     var adapter: String?
@@ -78,6 +80,10 @@ struct KVCEval: ParsableCommand {
             throw ValidationError("--answer-kind must be one of \(EasyVQASplit.AnswerKind.allCases.map(\.rawValue).joined(separator: ", ")), not '\(answerKind)'")
         }
         if let threads, threads < 1 { throw ValidationError("--threads must be >= 1") }
+        if lanes < 1 { throw ValidationError("--lanes must be >= 1") }
+        if lanes > 1 && (method != nil || images != nil) {
+            throw ValidationError("--lanes applies to plain and --adapter evaluation, not to --method or --images comparisons")
+        }
         if let method, !MethodCatalog.names.contains(method) {
             throw ValidationError("--method must be one of \(MethodCatalog.names.joined(separator: ", ")), not '\(method)'")
         }
@@ -100,6 +106,11 @@ struct KVCEval: ParsableCommand {
                 ?? VisionLanguageModel.load(modelPath: model ?? Assets.smolLM2GGUF, frontEndPath: frontEnd,
                                            questionPrompt: QuestionPromptSource(argument: questionPrompt))
             if let threads { vlm.backbone.model.threads = threads }
+            if lanes > 1 {
+                // Each lane is one thread; more threads inside a lane would only contend for the same cores.
+                vlm.backbone.model.threads = threads ?? 1
+                BLAS.threads = 1
+            }
             let dataset = try EasyVQA(root: data ?? Assets.easyVQA)
             let loaded = try dataset.load(EasyVQA.Split(rawValue: split)!, progress: !quiet)
                 .questions(EasyVQASplit.AnswerKind(rawValue: answerKind)!)
@@ -114,6 +125,7 @@ struct KVCEval: ParsableCommand {
             options.constrainedLabels = constrained ? dataset.answers : nil
             options.progress = !quiet
             options.frontEndPath = smolVLMDirectory ?? frontEnd
+            options.lanes = lanes
             var evaluation = EasyVQAEvaluation(model: vlm, options: options)
             if let adapter {
                 let modelPath = model ?? Assets.smolLM2GGUF
