@@ -7,6 +7,7 @@
 #include "AttentionKernels.h"
 
 #include <math.h>
+#include <stdlib.h>
 
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -222,9 +223,33 @@ static inline void accumulate_group(const void *rows, int half, long cols, const
     }
 }
 
+/// u = conj(w) ⊙ q per RoPE pair (re, im interleaved), times the column scales when given.
+static inline void transform_query(const float *q, const float *w, const float *column_scale, long d, float *u) {
+    for (long e = 0; e < d; e += 8) {
+        __m256 qv = _mm256_loadu_ps(q + e), wv = _mm256_loadu_ps(w + e);
+        __m256 swapped = _mm256_permute_ps(qv, 0xB1);
+        // even lanes: qr·wr + qi·wi, odd lanes: qi·wr − qr·wi
+        __m256 uv = _mm256_fmsubadd_ps(qv, _mm256_moveldup_ps(wv), _mm256_mul_ps(swapped, _mm256_movehdup_ps(wv)));
+        if (column_scale) uv = _mm256_mul_ps(uv, _mm256_loadu_ps(column_scale + e));
+        _mm256_storeu_ps(u + e, uv);
+    }
+}
+
 void kvc_int8_scores_group3(const int8_t *rows, long count, long d, long slots, const int32_t *neighbours,
                             const float *u, float scale, float *scores, long stride) {
     scores_group3(rows, 0, count, d, slots, neighbours, u, scale, scores, stride);
+}
+
+void kvc_int8_rebuilt_scores_group3(const int8_t *rows, long count, long d, long slots, const int32_t *neighbours,
+                                    const float *q, const float *w, const float *column_scale, float scale,
+                                    float *scores, long stride) {
+    float local[8 * 3 * 128];
+    const long n = slots * 3 * d;
+    float *u = n <= (long)(sizeof local / sizeof local[0]) ? local : malloc(sizeof(float) * (size_t)n);
+    for (long m = 0; m < slots; m++)
+        for (long k = 0; k < 3; k++) transform_query(q + k * d, w + m * d, column_scale, d, u + (m * 3 + k) * d);
+    scores_group3(rows, 0, count, d, slots, neighbours, u, scale, scores, stride);
+    if (u != local) free(u);
 }
 
 void kvc_half_scores_group3(const uint16_t *rows, long count, long d, const float *q, float scale, float *scores,
@@ -271,6 +296,24 @@ void kvc_int8_scores_group3(const int8_t *rows, long count, long d, long slots, 
     }
 }
 
+void kvc_int8_rebuilt_scores_group3(const int8_t *rows, long count, long d, long slots, const int32_t *neighbours,
+                                    const float *q, const float *w, const float *column_scale, float scale,
+                                    float *scores, long stride) {
+    float *u = malloc(sizeof(float) * (size_t)(slots * 3 * d));
+    for (long m = 0; m < slots; m++) {
+        for (long k = 0; k < 3; k++) {
+            for (long e = 0; e < d; e += 2) {
+                float qr = q[k * d + e], qi = q[k * d + e + 1], wr = w[m * d + e], wi = w[m * d + e + 1];
+                float *o = u + (m * 3 + k) * d + e;
+                o[0] = (qr * wr + qi * wi) * (column_scale ? column_scale[e] : 1);
+                o[1] = (qi * wr - qr * wi) * (column_scale ? column_scale[e + 1] : 1);
+            }
+        }
+    }
+    kvc_int8_scores_group3(rows, count, d, slots, neighbours, u, scale, scores, stride);
+    free(u);
+}
+
 void kvc_int8_gather_accumulate(const int8_t *rows, long cols, const int32_t *index, long count, const float *p,
                                 long p_stride, long group, float *y) {
     for (long k = 0; k < group; k++) {
@@ -304,3 +347,13 @@ void kvc_half_accumulate(const uint16_t *rows, long cols, long count, const floa
 }
 
 #endif
+void kvc_int8_rebuilt_scores_groups3(const int8_t *rows, long d, long groups, const int32_t *members,
+                                     const int32_t *slots, const int32_t *neighbours, const float *q, const float *w,
+                                     const float *column_scale, float scale, float *scores, long stride) {
+    for (long g = 0; g < groups; g++) {
+        kvc_int8_rebuilt_scores_group3(rows, members[g], d, slots[g], neighbours, q, w, column_scale, scale, scores, stride);
+        neighbours += (long)members[g] * slots[g];
+        w += (long)slots[g] * d;
+        scores += members[g];
+    }
+}

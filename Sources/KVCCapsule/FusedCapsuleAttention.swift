@@ -53,6 +53,11 @@ struct FusedSpanLayout {
     let visionOrder: [Int32]
     /// Dropped tokens that take part in attention (all of them, except under eviction).
     let droppedCount: Int
+    /// The groups flattened for one kernel call: members and slots of each group, and every group's neighbour
+    /// indices back to back.
+    let groupMembers: [Int32]
+    let groupSlots: [Int32]
+    let groupNeighbours: [Int32]
 
     init(neighbours nb: GridNeighbours, positions: [Int32], nearest: Bool, evict: Bool, rope: RotaryEmbedding) {
         let d = rope.headDim
@@ -82,6 +87,9 @@ struct FusedSpanLayout {
         retainedSpan = nb.retained.map { Int32($0) }
         visionOrder = retainedSpan + groups.flatMap(\.members)
         droppedCount = groups.reduce(0) { $0 + $1.members.count }
+        groupMembers = groups.map { Int32($0.members.count) }
+        groupSlots = groups.map { Int32($0.slots) }
+        groupNeighbours = groups.flatMap(\.neighbours)
     }
 
     /// Complex coefficients `[slot][pair] (re, im)` of every group for one layer and head: the fitted linear map, or
@@ -235,25 +243,46 @@ private struct FusedHeadWork {
                             stride: entries)
                 // Dropped keys: transformed queries per group and slot, then a few dot products with retained keys each.
                 var column = textCount + retained
-                for (c, grp) in layout.groups.enumerated() {
-                    for m in 0..<grp.slots {
-                        let w = queryWeights.baseAddress! + weightOffsets[c] + m * d
-                        for k in 0..<g {
-                            let src = q + k * d, u = scratch.u + (m * g + k) * d
-                            for p in 0..<pairs {
-                                let qr = src[2 * p], qi = src[2 * p + 1], wr = w[2 * p], wi = w[2 * p + 1]
-                                u[2 * p] = qr * wr + qi * wi
-                                u[2 * p + 1] = qi * wr - qr * wi
+                let rebuiltInC = stored.precision == .int8 && g == 3
+                if rebuiltInC && !layout.groups.isEmpty {
+                    // One C call for all groups: under score-based retention most groups have a single member, so
+                    // building their queries, and a Swift loop's retains of each group's arrays, were most of the work.
+                    stored.int8.withUnsafeBufferPointer { keys in
+                        columnScale!.withUnsafeBufferPointer { s in
+                            layout.groupMembers.withUnsafeBufferPointer { members in
+                                layout.groupSlots.withUnsafeBufferPointer { slots in
+                                    layout.groupNeighbours.withUnsafeBufferPointer { nbs in
+                                        kvc_int8_rebuilt_scores_groups3(keys.baseAddress!, d, layout.groups.count,
+                                                                        members.baseAddress!, slots.baseAddress!,
+                                                                        nbs.baseAddress, q, queryWeights.baseAddress!,
+                                                                        s.baseAddress, scale, scores + column, entries)
+                                    }
+                                }
                             }
-                            if let s = columnScale { for e in 0..<d { u[e] *= s[e] } }
                         }
                     }
-                    let out = scores + column
-                    grp.neighbours.withUnsafeBufferPointer { nbs in
-                        scoreStored(stored, count: grp.members.count, slots: grp.slots, neighbours: nbs.baseAddress,
-                                    queries: scratch.u, into: out, stride: entries)
+                    column += dropped
+                } else if !rebuiltInC {
+                    for (c, grp) in layout.groups.enumerated() {
+                        for m in 0..<grp.slots {
+                            let w = queryWeights.baseAddress! + weightOffsets[c] + m * d
+                            for k in 0..<g {
+                                let src = q + k * d, u = scratch.u + (m * g + k) * d
+                                for p in 0..<pairs {
+                                    let qr = src[2 * p], qi = src[2 * p + 1], wr = w[2 * p], wi = w[2 * p + 1]
+                                    u[2 * p] = qr * wr + qi * wi
+                                    u[2 * p + 1] = qi * wr - qr * wi
+                                }
+                                if let s = columnScale { for e in 0..<d { u[e] *= s[e] } }
+                            }
+                        }
+                        let out = scores + column
+                        grp.neighbours.withUnsafeBufferPointer { nbs in
+                            scoreStored(stored, count: grp.members.count, slots: grp.slots, neighbours: nbs.baseAddress,
+                                        queries: scratch.u, into: out, stride: entries)
+                        }
+                        column += grp.members.count
                     }
-                    column += grp.members.count
                 }
                 // Causal mask over the text entries, then one softmax over text and vision together.
                 for k in 0..<g {

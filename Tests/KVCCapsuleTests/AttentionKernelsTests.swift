@@ -41,6 +41,63 @@ final class AttentionKernelsTests: XCTestCase {
         }
     }
 
+    /// Rebuilt keys: the transformed queries conj(w) ⊙ q per RoPE pair, times the column scales, then the int8 scores,
+    /// against the same steps written out in Swift.
+    func testRebuiltKeyScoresMatchTransformedQueries() {
+        let d = 64, rows = 30
+        for (count, slots, scaled) in [(1, 4, true), (9, 3, true), (17, 2, false)] {
+            let keys = randomInt8(rows * d)
+            let q = randomFloats(3 * d), w = randomFloats(slots * d), columnScale = randomFloats(d).map { abs($0) + 0.1 }
+            let neighbours = (0..<(count * slots)).map { _ in Int32(rng.next() % UInt64(rows)) }
+            var u = [Float](repeating: 0, count: slots * 3 * d)
+            for m in 0..<slots {
+                for k in 0..<3 {
+                    for p in 0..<(d / 2) {
+                        let qr = q[k * d + 2 * p], qi = q[k * d + 2 * p + 1], wr = w[m * d + 2 * p], wi = w[m * d + 2 * p + 1]
+                        let s0 = scaled ? columnScale[2 * p] : 1, s1 = scaled ? columnScale[2 * p + 1] : 1
+                        u[(m * 3 + k) * d + 2 * p] = (qr * wr + qi * wi) * s0
+                        u[(m * 3 + k) * d + 2 * p + 1] = (qi * wr - qr * wi) * s1
+                    }
+                }
+            }
+            let stride = count + 2
+            var fast = [Float](repeating: 0, count: 3 * stride), slow = fast
+            keys.withUnsafeBufferPointer { k in
+                neighbours.withUnsafeBufferPointer { nbs in
+                    FusedKernels.score(Int8Rows(base: k.baseAddress!), count: count, slots: slots, neighbours: nbs.baseAddress,
+                                       queries: u, group: 3, headDim: d, scale: 0.125, into: &slow, stride: stride)
+                    columnScale.withUnsafeBufferPointer { s in
+                        kvc_int8_rebuilt_scores_group3(k.baseAddress!, count, d, slots, nbs.baseAddress, q, w,
+                                                       scaled ? s.baseAddress : nil, 0.125, &fast, stride)
+                    }
+                }
+            }
+            assertClose(fast, slow, relative: 1e-5, "rebuilt scores count \(count), slots \(slots), scaled \(scaled)")
+        }
+    }
+
+    /// Groups back to back in one call: each group's neighbours, weights and score columns follow the previous one's.
+    func testRebuiltKeyScoresOfSeveralGroupsInOneCall() {
+        let d = 64, rows = 25
+        let keys = randomInt8(rows * d), q = randomFloats(3 * d), columnScale = randomFloats(d).map { abs($0) + 0.1 }
+        let members: [Int32] = [1, 3, 1, 2], slots: [Int32] = [4, 2, 3, 1]
+        let weights = randomFloats(slots.reduce(0) { $0 + Int($1) } * d)
+        let neighbours = (0..<zip(members, slots).reduce(0) { $0 + Int($1.0 * $1.1) }).map { _ in Int32(rng.next() % UInt64(rows)) }
+        let count = Int(members.reduce(0, +)), stride = count + 3
+        var together = [Float](repeating: 0, count: 3 * stride), apart = together
+        kvc_int8_rebuilt_scores_groups3(keys, d, members.count, members, slots, neighbours, q, weights, columnScale, 0.125,
+                                        &together, stride)
+        var n = 0, w = 0, column = 0
+        for (m, s) in zip(members, slots) {
+            apart.withUnsafeMutableBufferPointer { out in
+                kvc_int8_rebuilt_scores_group3(keys, Int(m), d, Int(s), Array(neighbours[n...]), q, Array(weights[w...]),
+                                               columnScale, 0.125, out.baseAddress! + column, stride)
+            }
+            n += Int(m * s); w += Int(s) * d; column += Int(m)
+        }
+        XCTAssertEqual(together, apart)
+    }
+
     func testHalfScoresAndAccumulateMatchTheSwiftKernels() {
         for (d, count) in [(64, 75), (64, 8), (16, 3)] {
             let bits = HalfConversion.floatToHalf(randomFloats(count * d))

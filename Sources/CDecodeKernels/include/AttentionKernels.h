@@ -15,6 +15,22 @@ void kvc_softmax(float *x, long n);
 void kvc_int8_scores_group3(const int8_t *rows, long count, long d, long slots, const int32_t *neighbours,
                             const float *u, float scale, float *scores, long stride);
 
+/// Scores of three query heads against keys rebuilt from int8 neighbours (the fused path's dropped tokens of one
+/// neighbour group): `kvc_int8_scores_group3` with `u[m][k] = conj(w[m]) ⊙ q[k]`, the product taken per RoPE pair
+/// (re, im interleaved) and multiplied by `column_scale` (the keys' int8 column scales; NULL for none).
+/// `q` is `[3][d]`, `w` `[slots][d]`; `d` is a multiple of 8.
+void kvc_int8_rebuilt_scores_group3(const int8_t *rows, long count, long d, long slots, const int32_t *neighbours,
+                                    const float *q, const float *w, const float *column_scale, float scale,
+                                    float *scores, long stride);
+
+/// `kvc_int8_rebuilt_scores_group3` for `groups` groups back to back: group g has `members[g]` tokens of `slots[g]`
+/// neighbours each (their indices next in `neighbours`), its weights next in `w` (`slots[g] * d` floats), and its
+/// scores in the next `members[g]` columns. One call per query row and head instead of one per group: under
+/// score-based retention most groups have a single member.
+void kvc_int8_rebuilt_scores_groups3(const int8_t *rows, long d, long groups, const int32_t *members,
+                                     const int32_t *slots, const int32_t *neighbours, const float *q, const float *w,
+                                     const float *column_scale, float scale, float *scores, long stride);
+
 /// `kvc_int8_scores_group3` for float16 rows (bit patterns), one slot, no neighbour index: the text keys.
 void kvc_half_scores_group3(const uint16_t *rows, long count, long d, const float *q, float scale, float *scores,
                             long stride);
