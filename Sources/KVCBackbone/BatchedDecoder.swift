@@ -98,7 +98,7 @@ private final class BatchRouter: FusedAttentionCache {
         if paired > 0 {
             DecodeThreadPool.shared(threads: lanes).run(chunks: paired) { perform($0, threads: 1) }
         }
-        // A batch of one included: before, it attended on one thread while single-stream decoding used them all.
+        // The leftovers, a batch of one among them, get every thread, as in single-stream decoding.
         for i in paired..<count { perform(i, threads: threads) }
         return true
     }
