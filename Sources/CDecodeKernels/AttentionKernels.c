@@ -347,6 +347,8 @@ void kvc_half_accumulate(const uint16_t *rows, long cols, long count, const floa
 }
 
 #endif
+
+// Both builds: the groups one after another through the single-group kernel above.
 void kvc_int8_rebuilt_scores_groups3(const int8_t *rows, long d, long groups, const int32_t *members,
                                      const int32_t *slots, const int32_t *neighbours, const float *q, const float *w,
                                      const float *column_scale, float scale, float *scores, long stride) {

@@ -242,27 +242,28 @@ private struct FusedHeadWork {
                 scoreStored(stored, count: retained, slots: 1, neighbours: nil, queries: qr, into: scores + textCount,
                             stride: entries)
                 // Dropped keys: transformed queries per group and slot, then a few dot products with retained keys each.
-                var column = textCount + retained
-                let rebuiltInC = stored.precision == .int8 && g == 3
-                if rebuiltInC && !layout.groups.isEmpty {
+                let firstDropped = textCount + retained
+                if stored.precision == .int8 && g == 3 {
                     // One C call for all groups: under score-based retention most groups have a single member, so
                     // building their queries, and a Swift loop's retains of each group's arrays, were most of the work.
-                    stored.int8.withUnsafeBufferPointer { keys in
-                        columnScale!.withUnsafeBufferPointer { s in
-                            layout.groupMembers.withUnsafeBufferPointer { members in
-                                layout.groupSlots.withUnsafeBufferPointer { slots in
-                                    layout.groupNeighbours.withUnsafeBufferPointer { nbs in
-                                        kvc_int8_rebuilt_scores_groups3(keys.baseAddress!, d, layout.groups.count,
-                                                                        members.baseAddress!, slots.baseAddress!,
-                                                                        nbs.baseAddress, q, queryWeights.baseAddress!,
-                                                                        s.baseAddress, scale, scores + column, entries)
+                    if !layout.groups.isEmpty {
+                        stored.int8.withUnsafeBufferPointer { keys in
+                            columnScale!.withUnsafeBufferPointer { s in
+                                layout.groupMembers.withUnsafeBufferPointer { members in
+                                    layout.groupSlots.withUnsafeBufferPointer { slots in
+                                        layout.groupNeighbours.withUnsafeBufferPointer { nbs in
+                                            kvc_int8_rebuilt_scores_groups3(keys.baseAddress!, d, layout.groups.count,
+                                                                            members.baseAddress!, slots.baseAddress!,
+                                                                            nbs.baseAddress, q, queryWeights.baseAddress!,
+                                                                            s.baseAddress, scale, scores + firstDropped, entries)
+                                        }
                                     }
                                 }
                             }
                         }
                     }
-                    column += dropped
-                } else if !rebuiltInC {
+                } else {
+                    var column = firstDropped
                     for (c, grp) in layout.groups.enumerated() {
                         for m in 0..<grp.slots {
                             let w = queryWeights.baseAddress! + weightOffsets[c] + m * d

@@ -149,24 +149,18 @@ public struct EasyVQAEvaluation {
             }
             lanes = try outcomes.all.map { try $0!.get() }
         }
-        var records = [Record?](repeating: nil, count: questions.count)
         var total = Lane()
-        for lane in lanes {
-            for (i, record) in lane.records { records[i] = record }
-            total.add(lane)
-        }
-        let (correct, bytes, fullBytes, visionHeld, visionFull, ratio) = (total.correct, total.bytes, total.fullBytes,
-                                                                         total.visionHeld, total.visionFull, total.ratio)
-        let (frontEndSeconds, prefixSeconds, questionSeconds, decodeSeconds) = (total.frontEndSeconds, total.prefixSeconds,
-                                                                                total.questionSeconds, total.decodeSeconds)
+        for lane in lanes { total.add(lane) }
+        var records = [Record?](repeating: nil, count: questions.count)
+        for (i, record) in total.records { records[i] = record }
         let seconds = elapsed(start)
         let n = questions.count
-        var summary = Summary(split: split.split.rawValue, n: n, accuracy: n > 0 ? Double(correct) / Double(n) : 0,
+        var summary = Summary(split: split.split.rawValue, n: n, accuracy: n > 0 ? Double(total.correct) / Double(n) : 0,
                               cache: options.cacheName, blind: options.blind,
                               questions_per_second: seconds > 0 ? Double(n) / seconds : 0, seconds: seconds,
-                              seconds_front_end: frontEndSeconds, seconds_prefix: prefixSeconds,
-                              seconds_question: questionSeconds, seconds_decode: decodeSeconds,
-                              kv_bytes: n > 0 ? bytes / n : 0, kv_bytes_full: n > 0 ? fullBytes / n : 0,
+                              seconds_front_end: total.frontEndSeconds, seconds_prefix: total.prefixSeconds,
+                              seconds_question: total.questionSeconds, seconds_decode: total.decodeSeconds,
+                              kv_bytes: n > 0 ? total.bytes / n : 0, kv_bytes_full: n > 0 ? total.fullBytes / n : 0,
                               skipped: split.skipped.count, front_end: options.frontEndPath)
         summary.question_prompt = model.questionPromptPath
         if laneCount > 1 { summary.lanes = laneCount }
@@ -178,10 +172,10 @@ public struct EasyVQAEvaluation {
         summary.accuracy_open = accuracy(open)
         summary.n_yes_no = yesNo.count
         if options.constrainedLabels != nil { summary.constrained = true }
-        if let ratio, n > 0 {
+        if let ratio = total.ratio, n > 0 {
             summary.ratio = ratio
-            summary.kv_bytes_vision = visionHeld / n
-            summary.kv_bytes_vision_full = visionFull / n
+            summary.kv_bytes_vision = total.visionHeld / n
+            summary.kv_bytes_vision_full = total.visionFull / n
         }
         return Result(records: answered, summary: summary, skipped: split.skipped)
     }

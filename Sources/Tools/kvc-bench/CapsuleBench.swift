@@ -152,14 +152,16 @@ struct CapsuleBench: ParsableCommand {
                 methods.append((name, settings.budget.ratio, { CapsuleCache(config: llama.config, rope: llama.rope, settings: s) }))
             }
         }
+        let singleMeter = Progress("kvc-bench capsule, single stream", total: methods.count, unit: "runs", enabled: !json)
         let singles = try methods.map { method -> BenchWorkload.SingleStream in
-            try workload.singleStream(make: method.make)
+            defer { singleMeter.advance(status: "\(method.name) r=\(method.ratio)") }
+            return try workload.singleStream(make: method.make)
         }
         // Batch of each method at each budget; the tokens/s of a batch does not depend on the budget, so each
         // distinct (method, batch) is decoded once per round however many budgets share it.
         let batches = budgetMB.map { budget in singles.map { min(maxBatch, Int(budget * 1e6) / max($0.kvBytes, 1)) } }
         let runs = methods.indices.map { m in Set(batches.map { $0[m] }.filter { $0 > 0 }).sorted() }
-        let meter = Progress("kvc-bench capsule", total: rounds * runs.reduce(0) { $0 + $1.count }, unit: "runs",
+        let meter = Progress("kvc-bench capsule, budget runs", total: rounds * runs.reduce(0) { $0 + $1.count }, unit: "runs",
                              enabled: !json)
         var wall = [[Int: [Double]]](repeating: [:], count: methods.count), cpu = wall
         for _ in 0..<rounds {
