@@ -15,7 +15,8 @@ enum BlockMatMat {
     static let tile = 4
 
     /// `y[i][r] = W[r] · x[i]` for `count` vectors `x` `[count][cols]`; `y` is `[count][rows]`.
-    static func run(_ w: WeightMatrix, x: UnsafePointer<Float>, count: Int, y: UnsafeMutablePointer<Float>, threads: Int) {
+    static func run(_ w: WeightMatrix, x: UnsafePointer<Float>, count: Int, y: UnsafeMutablePointer<Float>, threads: Int,
+                    products: WeightProducts = .float32) {
         let cols = w.cols, blocks = cols / 32
         let blockSums = UnsafeMutablePointer<Float>.allocate(capacity: max(count * blocks, 1))
         defer { blockSums.deallocate() }
@@ -31,6 +32,20 @@ enum BlockMatMat {
         // Chunks of about 64 KB of weights, at least a few per thread.
         let chunks = max(1, min(w.rows / 16, max(threads * BlockMatVec.chunksPerThread, w.blockBytes / 65_536)))
         let chunk = (w.rows + chunks - 1) / chunks
+        if products == .bfloat16 && BFloat16Tile.supported {
+            let tile = BFloat16Tile(x: x, count: count, cols: cols)
+            let passes = (count + WideTile.capacity - 1) / WideTile.capacity
+            let perform: (Int) -> Void = { c in
+                let lo = c * chunk, hi = min(w.rows, lo + chunk)
+                guard lo < hi else { return }
+                for pass in 0..<passes {
+                    tile.rows(w, lo..<hi, vectors: (pass * count / passes)..<((pass + 1) * count / passes), source: x,
+                              blockSums: sums, y: y)
+                }
+            }
+            parallel(chunks: chunks, threads: threads, perform)
+            return
+        }
         if WideTile.enabled {
             // Up to 16 vectors a pass, spread evenly (AVX-512, two vectors a register).
             let passes = (count + WideTile.capacity - 1) / WideTile.capacity

@@ -22,6 +22,9 @@ public final class LlamaModel: @unchecked Sendable {
     /// Threads for the decode kernels (matrix-vector products and attention). Prefill uses BLAS's threads
     /// (`BLAS.threads`).
     public var threads: Int
+    /// Arithmetic of the decode steps' weight products (float32 unless a caller opts into bfloat16, where the CPU
+    /// has it; see `WeightProducts`).
+    public var weightProducts: WeightProducts = .float32
     /// Wall-clock seconds `init` took (reading, dequantizing and copying the weights).
     public let loadSeconds: Double
 
@@ -223,7 +226,7 @@ public final class LlamaModel: @unchecked Sendable {
         rmsNorm(first, weight: outputNorm, epsilon: config.rmsNormEpsilon, into: work.normed, count: n, width: h)
         var out = [Float](repeating: 0, count: n * vocab)
         out.withUnsafeMutableBufferPointer { apply(outputHead, work.normed, count: n, into: $0.baseAddress!, threads: threads,
-                                                      batch: work.rowsAreSequences) }
+                                                      batch: work.rowsAreSequences, products: weightProducts) }
         return out
     }
 }
@@ -311,12 +314,12 @@ private final class Workspace {
 /// 10-15% faster even with half of each register idle, so single-stream decoding and batches share one kernel.
 @inline(__always)
 private func apply(_ w: WeightMatrix, _ x: UnsafePointer<Float>, count: Int, into y: UnsafeMutablePointer<Float>, threads: Int,
-                   batch: Bool) {
-    if count == 1 && !WideTile.enabled {
+                   batch: Bool, products: WeightProducts) {
+    if count == 1 && !WideTile.enabled && products == .float32 {
         w.multiplyVector(x, into: y, threads: threads)
     } else if batch || count == 1 {
         // A batched decode step: the block kernels, reading each block once for several sequences (same sums as alone).
-        BlockMatMat.run(w, x: x, count: count, y: y, threads: threads)
+        BlockMatMat.run(w, x: x, count: count, y: y, threads: threads, products: products)
     } else {
         w.multiply(x, count: count, into: y)
     }
@@ -338,7 +341,8 @@ private final class Attention {
         let c = model.config
         let t = work.count, d = c.headDim
         let qkvWidth = c.queryDim + 2 * c.kvDim
-        apply(qkv, work.normed, count: t, into: work.qkv, threads: model.threads, batch: work.rowsAreSequences)
+        apply(qkv, work.normed, count: t, into: work.qkv, threads: model.threads, batch: work.rowsAreSequences,
+              products: model.weightProducts)
         // Split q | k | v, rotate q and k to their positions, and lay k and v out head-major for the cache.
         for i in 0..<t {
             let row = work.qkv + i * qkvWidth
@@ -357,7 +361,8 @@ private final class Attention {
         cache.append(layer: layerIndex, keys: work.keys, values: work.values, count: t)
         cache.attention(layer: layerIndex, queries: work.queries, count: t, firstPosition: firstPosition,
                         headCount: c.headCount, output: work.attention, threads: model.threads)
-        apply(output, work.attention, count: t, into: work.projected, threads: model.threads, batch: work.rowsAreSequences)
+        apply(output, work.attention, count: t, into: work.projected, threads: model.threads, batch: work.rowsAreSequences,
+              products: model.weightProducts)
     }
 }
 
@@ -376,7 +381,8 @@ private final class MLP {
     /// SwiGLU: down(silu(gate(x)) * up(x)), from `work.normed` to `work.projected`.
     func forward(_ work: Workspace, model: LlamaModel) {
         let f = model.config.intermediateSize, t = work.count
-        apply(gateUp, work.normed, count: t, into: work.gateUp, threads: model.threads, batch: work.rowsAreSequences)
+        apply(gateUp, work.normed, count: t, into: work.gateUp, threads: model.threads, batch: work.rowsAreSequences,
+              products: model.weightProducts)
         for i in 0..<t {
             let gate = work.gateUp + i * 2 * f, up = gate + f, out = work.activated + i * f
             for j in 0..<f {
@@ -384,7 +390,8 @@ private final class MLP {
                 out[j] = g / (1 + expf(-g)) * up[j]
             }
         }
-        apply(down, work.activated, count: t, into: work.projected, threads: model.threads, batch: work.rowsAreSequences)
+        apply(down, work.activated, count: t, into: work.projected, threads: model.threads, batch: work.rowsAreSequences,
+              products: model.weightProducts)
     }
 }
 

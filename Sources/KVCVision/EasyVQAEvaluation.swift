@@ -75,6 +75,8 @@ public struct EasyVQAEvaluation {
         /// Dataset entries (rows, images) that could not be used.
         public var skipped: Int
         public var front_end: String?
+        /// The decoder's weight-product arithmetic when it is not float32 (`WeightProducts`).
+        public var weight_products: String?
         /// The learned question prompt's file, when the model has one.
         public var question_prompt: String?
         /// With a compressing cache: its nominal ratio, and the mean bytes of the vision span it held next to what a
@@ -163,6 +165,8 @@ public struct EasyVQAEvaluation {
                               kv_bytes: n > 0 ? total.bytes / n : 0, kv_bytes_full: n > 0 ? total.fullBytes / n : 0,
                               skipped: split.skipped.count, front_end: options.frontEndPath)
         summary.question_prompt = model.questionPromptPath
+        let products = model.backbone.model.weightProducts
+        if products != .float32 { summary.weight_products = products.rawValue }
         if laneCount > 1 { summary.lanes = laneCount }
         let answered = records.compactMap { $0 }
         let yesNo = answered.filter { EasyVQA.isYesNo($0.expected) }

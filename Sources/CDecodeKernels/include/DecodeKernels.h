@@ -23,4 +23,17 @@ enum { kvc_format_q4_1 = 0, kvc_format_q4_0 = 1, kvc_format_q8_0 = 2 };
 void kvc_wide_tile(int format, const uint8_t *w, long rows, long row_bytes, long blocks, const float *x_pairs,
                    const float *sums, float *y, long y_stride, int count);
 
+/// Whether this CPU runs `kvc_bf16_tile` (the wide-tile features plus avx512bf16).
+int kvc_bf16_tile_supported(void);
+
+/// `y[v][r] ≈ W[r] · x[v]` with bfloat16 products: each block's weights are dequantized to float32, rounded to
+/// bfloat16 and multiplied with the bfloat16 vectors by `vdpbf16ps` (float32 sums). `x` is `[count][x_stride]`
+/// bfloat16 bit patterns (`kvc_to_bf16`), `count` 1...16. Each vector's sums take the same order whatever `count`
+/// is. Output: `y[v * y_stride + r]`.
+void kvc_bf16_tile(int format, const uint8_t *w, long rows, long row_bytes, long blocks, const uint16_t *x,
+                   long x_stride, float *y, long y_stride, int count);
+
+/// `out[i]` = `x[i]` rounded to bfloat16 (nearest, ties to even), as bit patterns.
+void kvc_to_bf16(const float *x, uint16_t *out, long n);
+
 #endif

@@ -15,6 +15,7 @@ struct BatchedDecodeBench {
 
     struct Row: Codable {
         var threads: Int
+        var weightProducts: String
         var batch: Int
         var stepMs: Double
         /// Tokens of all sequences per wall-clock second.
@@ -48,7 +49,7 @@ struct BatchedDecodeBench {
                 best.cpu = min(best.cpu, SystemLoad.processCPUSeconds() - cpuStart)
             }
             let generated = Double(batch * decodeTokens)
-            return Row(threads: model.threads, batch: batch, stepMs: 1000 * best.wall / Double(decodeTokens),
+            return Row(threads: model.threads, weightProducts: model.weightProducts.rawValue, batch: batch, stepMs: 1000 * best.wall / Double(decodeTokens),
                        tokensPerSecond: generated / best.wall, tokensPerCPUSecond: generated / best.cpu)
         }
     }
@@ -64,13 +65,17 @@ struct BatchedDecodeBench {
     /// A table with the batch sizes side by side, one line per thread count.
     static func printTable(_ rows: [Row]) {
         let batches = Array(Set(rows.map(\.batch))).sorted()
-        print("| threads | rate | " + batches.map { "batch \($0)" }.joined(separator: " | ") + " |")
-        print("|---|---|" + String(repeating: "---|", count: batches.count))
-        for threads in Array(Set(rows.map(\.threads))).sorted() {
-            let mine = rows.filter { $0.threads == threads }
+        print("| weight products | threads | rate | " + batches.map { "batch \($0)" }.joined(separator: " | ") + " |")
+        print("|---|---|---|" + String(repeating: "---|", count: batches.count))
+        var groups: [(products: String, threads: Int)] = []
+        for row in rows where !groups.contains(where: { $0 == (row.weightProducts, row.threads) }) {
+            groups.append((row.weightProducts, row.threads))
+        }
+        for (products, threads) in groups {
+            let mine = rows.filter { $0.threads == threads && $0.weightProducts == products }
             func line(_ name: String, _ value: (Row) -> Double, _ format: String) {
                 let cells = batches.map { b in mine.first { $0.batch == b }.map { String(format: format, value($0)) } ?? "-" }
-                print("| \(threads) | \(name) | " + cells.joined(separator: " | ") + " |")
+                print("| \(products) | \(threads) | \(name) | " + cells.joined(separator: " | ") + " |")
             }
             line("tok/s", \.tokensPerSecond, "%.1f")
             line("tok/CPU-s", \.tokensPerCPUSecond, "%.1f")

@@ -58,6 +58,9 @@ struct CapsuleBench: ParsableCommand {
     @Option(help: "Decoder and BLAS threads.") var threads = 2
     @Option(help: "The question after the images.") var question = "In image 1, what shape is it?"
     @Option(help: "Budget runs per method, interleaved across methods; the report takes medians.") var rounds = 1
+    @Option(name: .customLong("weight-products"),
+            help: "Arithmetic of the decode weight products, for every method alike: float32 or bfloat16 (AVX-512 BF16 dot products; an extra sequence of a batch costs less than half as much, see WeightProducts).")
+    var weightProducts: WeightProducts = .float32
     @Flag(help: "Print one JSON object instead of a table.") var json = false
 
     struct Row: Codable {
@@ -100,6 +103,7 @@ struct CapsuleBench: ParsableCommand {
         var loadAverageEnd: Double
         var question: String
         var rounds: Int
+        var weightProducts: String
         var batchRule = "as many sequences as fit the budget by kv_bytes at the end of decoding, decoded together"
     }
 
@@ -127,6 +131,7 @@ struct CapsuleBench: ParsableCommand {
         let vlm = try VisionLanguageModel.load(modelPath: modelPath, frontEndPath: frontEnd)
         let llama = vlm.backbone.model
         llama.threads = threads
+        llama.weightProducts = weightProducts
         BLAS.threads = threads
         let fingerprint = try CacheCollector.fingerprint(modelPath: modelPath, frontEndPath: frontEnd).fingerprint
         let capsules = try adapters.map { try CapsuleAdapter.load(path: $0, config: llama.config, fingerprint: fingerprint).settings }
@@ -199,7 +204,7 @@ struct CapsuleBench: ParsableCommand {
         let regime = Regime(images: images, contextTokens: workload.contextTokens, decodeTokens: decodeTokens,
                             budgetMb: budgetMB, threads: threads, cores: ProcessInfo.processInfo.activeProcessorCount,
                             loadAverage: loadAverage, loadAverageEnd: SystemLoad.oneMinute(), question: question,
-                            rounds: rounds)
+                            rounds: rounds, weightProducts: weightProducts.rawValue)
         try print(report: Report(regime: regime, rows: rows))
     }
 
@@ -213,9 +218,10 @@ struct CapsuleBench: ParsableCommand {
         }
         let r = report.regime
         Swift.print(String(format: "Regime: %d easy-VQA images per prompt, %d context tokens before decoding, %d decode steps; "
-                           + "budgets %@ MB; %d rounds; %d threads on %d cores, load average %.2f at start, %.2f at the end",
+                           + "budgets %@ MB; %d rounds; %d threads on %d cores, %@ weight products; load average %.2f at start, "
+                           + "%.2f at the end",
                            r.images, r.contextTokens, r.decodeTokens, r.budgetMb.map { String(format: "%g", $0) }.joined(separator: ", "),
-                           r.rounds, r.threads, r.cores, r.loadAverage, r.loadAverageEnd))
+                           r.rounds, r.threads, r.cores, r.weightProducts, r.loadAverage, r.loadAverageEnd))
         Swift.print("| method | ratio (measured) | kv_bytes | vs full | single tok/s | single tok/CPU-s | step ms | attention ms/step (thread CPU) | "
                     + "overhead ms/step (share) |")
         Swift.print("|---|---|---|---|---|---|---|---|---|")

@@ -31,6 +31,9 @@ struct DecodeBench: ParsableCommand {
     @Option(parsing: .upToNextOption,
             help: "Batch sizes: instead of prefill and single-stream decode, measure batched decode (each sequence with its own --decode-context-token prompt, one token each per step, LlamaModel.decodeStep), e.g. --batch 1 2 3 4 8 9 16.")
     var batch: [Int] = []
+    @Option(name: .customLong("weight-products"), parsing: .upToNextOption,
+            help: "Arithmetic of the decode weight products to measure, in turn: float32 (default; bit-identical batches) and/or bfloat16 (AVX-512 BF16 dot products; see WeightProducts).")
+    var weightProducts: [WeightProducts] = [.float32]
     @Flag(help: "Print JSON instead of a table.") var json = false
 
     struct Row: Codable {
@@ -69,6 +72,10 @@ struct DecodeBench: ParsableCommand {
         if threads.isEmpty || threads.contains(where: { $0 < 1 }) { throw ValidationError("--threads must be >= 1") }
         if repeats < 1 { throw ValidationError("--repeats must be >= 1") }
         if batch.contains(where: { $0 < 1 || $0 > 256 }) { throw ValidationError("--batch sizes must be in 1...256") }
+        if weightProducts.isEmpty { throw ValidationError("--weight-products needs at least one of float32, bfloat16") }
+        if batch.isEmpty && weightProducts.count > 1 {
+            throw ValidationError("--weight-products takes one value without --batch (the single-stream table has no column for it)")
+        }
     }
 
     func run() throws {
@@ -83,6 +90,7 @@ struct DecodeBench: ParsableCommand {
 
         if !batch.isEmpty { return try runBatched(llama, loadAverage: loadAverage) }
         var rows: [Row] = []
+        llama.weightProducts = weightProducts[0]
         for n in threads {
             BLAS.threads = n
             llama.threads = n
@@ -137,10 +145,13 @@ struct DecodeBench: ParsableCommand {
     private func runBatched(_ llama: LlamaModel, loadAverage: Double) throws {
         let bench = BatchedDecodeBench(model: llama, context: decodeContext, decodeTokens: decodeTokens, repeats: repeats)
         var rows: [BatchedDecodeBench.Row] = []
-        for n in threads {
-            BLAS.threads = n
-            llama.threads = n
-            rows += try bench.measure(batches: batch)
+        for products in weightProducts {
+            llama.weightProducts = products
+            for n in threads {
+                BLAS.threads = n
+                llama.threads = n
+                rows += try bench.measure(batches: batch)
+            }
         }
         let report = BatchedReport(decodeContext: decodeContext, decodeTokens: decodeTokens, loadAverage: loadAverage,
                                    loadAverageEnd: Self.loadAverage(), cores: ProcessInfo.processInfo.activeProcessorCount,

@@ -1,4 +1,5 @@
 import ArgumentParser
+import KVCBackbone
 
 /// Benchmarks print figures (a table, or JSON with --json), side by side with their reference in one run.
 struct KVCBench: ParsableCommand {
@@ -10,3 +11,5 @@ struct KVCBench: ParsableCommand {
 }
 
 KVCBench.main()
+
+extension WeightProducts: ExpressibleByArgument {}

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import KVCBaselines
+import KVCBackbone
 import KVCCore
 import KVCCapsule
 import KVCCollector
@@ -57,6 +58,8 @@ struct KVCEval: ParsableCommand {
     @Option(name: .customLong("capsule-mode"), help: "With --adapter: fused (attention reads the capsule, the default) or dense (rebuild the span every step).")
     var capsuleMode: String?
     @Option(help: "Decoder threads (default: all cores; 1 with --lanes).") var threads: Int?
+    @Option(name: .customLong("weight-products"), help: "Arithmetic of the decode steps' weight products: float32 (default) or bfloat16 (AVX-512 BF16 dot products: cheaper batches, see WeightProducts). Prefill stays float32.")
+    var weightProducts: WeightProducts = .float32
     @Option(help: "Evaluation lanes side by side, each answering a contiguous run of the images on its own thread with decoder and BLAS threads 1 (a ~70-position prefix does not scale with threads, lanes do; same answers as one lane). Plain and --adapter evaluation.")
     var lanes = 1
     @Flag(help: "No progress on stderr.") var quiet = false
@@ -106,6 +109,7 @@ struct KVCEval: ParsableCommand {
                 ?? VisionLanguageModel.load(modelPath: model ?? Assets.smolLM2GGUF, frontEndPath: frontEnd,
                                            questionPrompt: QuestionPromptSource(argument: questionPrompt))
             if let threads { vlm.backbone.model.threads = threads }
+            vlm.backbone.model.weightProducts = weightProducts
             if lanes > 1 {
                 // Each lane is one thread; more threads inside a lane would only contend for the same cores.
                 vlm.backbone.model.threads = threads ?? 1
@@ -209,3 +213,5 @@ private func jsonLine<T: Encodable>(_ value: T) throws -> String {
 }
 
 KVCEval.main()
+
+extension WeightProducts: ExpressibleByArgument {}
