@@ -15,6 +15,8 @@ import _Builtin_intrinsics.intel
 /// Measured alternative: 16-bit fixed-point activations with integer multiply-adds (`vpmaddwd`) took as much CPU
 /// time per token here (decoding is bound by streaming the weights) and lost accuracy on the hidden states' outlier
 /// channels (a block holding one large value quantizes its small neighbours coarsely), so the float path stays.
+/// Batches can opt into bfloat16 activations instead (`WeightProducts.bfloat16`, `BFloat16Tile`): a floating-point
+/// format keeps the outliers' range, and one `vdpbf16ps` per vector and block makes extra sequences cheap.
 /// Two rows per iteration (sharing the loads of x) measured 25% slower than one, and two accumulators per row
 /// (even/odd blocks) 5% slower (`kvc-bench decode`, tokens per CPU-second, one thread).
 enum BlockMatVec {

@@ -65,6 +65,38 @@ final class LlamaReferenceTests: XCTestCase {
         }
     }
 
+    /// Decoding with bfloat16 weight products (`WeightProducts.bfloat16`) keeps the reference's greedy continuation,
+    /// and its logits stay within a few hundredths of the float32 decoder's, step by step on the same tokens.
+    func testBFloat16WeightProductsKeepTheGreedyContinuation() throws {
+        try XCTSkipUnless(BFloat16Tile.supported, "this CPU has no AVX-512 BF16")
+        let model = try SharedModel.get()
+        defer { model.weightProducts = .float32 }
+        let doc = try TestPaths.json("llama_reference.json")
+        var worst: Float = 0
+        for c in try XCTUnwrap(doc["cases"] as? [[String: Any]]) {
+            let ids = try XCTUnwrap(c["ids"] as? [Int])
+            let expected = try XCTUnwrap(c["greedy_continuation"] as? [Int])
+            let exactCache = model.makeCache(), roundedCache = model.makeCache()
+            var exact = try model.forward(tokens: ids, cache: exactCache)
+            var rounded = try model.forward(tokens: ids, cache: roundedCache)
+            var produced: [Int] = []
+            for want in expected {
+                produced.append(argmax(rounded[...]))
+                let scale = max(1, exact.map(abs).max()!)
+                let gap = zip(exact, rounded).map { abs($0 - $1) }.max()!
+                worst = max(worst, gap / scale)
+                XCTAssertLessThan(gap, 0.03 * scale, "logits after \(produced.count - 1) decoded tokens")
+                model.weightProducts = .float32
+                exact = try model.forward(tokens: [want], cache: exactCache)
+                model.weightProducts = .bfloat16
+                rounded = try model.forward(tokens: [want], cache: roundedCache)
+            }
+            model.weightProducts = .float32
+            XCTAssertEqual(produced, expected, "bfloat16 continuation of \(c["text"] ?? "")")
+        }
+        print("largest logit difference, bfloat16 vs float32 weight products, relative to the largest logit: \(worst)")
+    }
+
     /// Hugging Face transformers float32 on the same file (fixture copied from the project's shared reference data).
     func testTopTenMatchesHuggingFaceFloat32() throws {
         let model = try SharedModel.get()
