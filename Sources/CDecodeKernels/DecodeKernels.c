@@ -11,6 +11,7 @@
 
 #if defined(__x86_64__)
 #include <immintrin.h>
+#include "TileCommon.h"
 
 #define WIDE __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,f16c,fma")))
 #define INLINE WIDE __attribute__((always_inline)) static inline
@@ -21,11 +22,6 @@ int kvc_wide_tile_supported(void) {
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
         && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw")
         && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma");
-}
-
-INLINE float half_at(const uint8_t *p) {
-    uint16_t bits = (uint16_t)(p[0] | (p[1] << 8));
-    return _cvtsh_ss(bits);
 }
 
 /// One block of a pair of vectors: multiply, then three multiply-adds (the single kernel's order, lane by lane).
@@ -45,30 +41,6 @@ INLINE __m256 single_dot(__m512 q0, __m512 q1, __m512 q2, __m512 q3, const float
     return _mm256_fmadd_ps(_mm512_castps512_ps256(q3), _mm256_loadu_ps(xb + 48), s);
 }
 
-/// Lane k of the result = the sequential sum of r_k's 8 lanes (an 8x8 transpose, then 7 vertical adds in order).
-INLINE __m256 lane_sums(__m256 r0, __m256 r1, __m256 r2, __m256 r3, __m256 r4, __m256 r5, __m256 r6, __m256 r7) {
-    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
-    __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
-    __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
-    __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
-    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-    __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-    // c_j[k] = r_k[j]
-    __m256 c0 = _mm256_permute2f128_ps(u0, u4, 0x20), c1 = _mm256_permute2f128_ps(u1, u5, 0x20);
-    __m256 c2 = _mm256_permute2f128_ps(u2, u6, 0x20), c3 = _mm256_permute2f128_ps(u3, u7, 0x20);
-    __m256 c4 = _mm256_permute2f128_ps(u0, u4, 0x31), c5 = _mm256_permute2f128_ps(u1, u5, 0x31);
-    __m256 c6 = _mm256_permute2f128_ps(u2, u6, 0x31), c7 = _mm256_permute2f128_ps(u3, u7, 0x31);
-    __m256 s = _mm256_add_ps(c0, c1);
-    s = _mm256_add_ps(s, c2);
-    s = _mm256_add_ps(s, c3);
-    s = _mm256_add_ps(s, c4);
-    s = _mm256_add_ps(s, c5);
-    s = _mm256_add_ps(s, c6);
-    return _mm256_add_ps(s, c7);
-}
-
 /// Stores row r of vectors 8g ..< 8g+8 (those below count): accumulators of pairs 4g ..< 4g+4, plus offsets.
 INLINE void finish_group(const __m512 *acc, int g, int pairs, __m256 offsets, int has_offsets, float *y, long y_stride,
                          long r, int count) {
@@ -79,7 +51,7 @@ INLINE void finish_group(const __m512 *acc, int g, int pairs, __m256 offsets, in
         r_[2 * i] = _mm512_castps512_ps256(a);
         r_[2 * i + 1] = _mm512_extractf32x8_ps(a, 1);
     }
-    __m256 s = lane_sums(r_[0], r_[1], r_[2], r_[3], r_[4], r_[5], r_[6], r_[7]);
+    __m256 s = lane_sums(r_);
     if (has_offsets) s = _mm256_add_ps(s, offsets);
     float out[8];
     _mm256_storeu_ps(out, s);
