@@ -55,7 +55,7 @@ public struct HTMLReport {
                 return points.isEmpty ? nil : SVGChart.Series(label: label, points: points)
             }
             // The title names the regime's headline settings; the page states the whole regime under the table.
-            let headline = ["images": "images", "budget_mb": "MB", "threads": "threads"]
+            let headline = ["images": "images", "budget_mb": "MB", "threads": "threads", "weight_products": "weight products"]
             let regime = run.regime.filter { headline[$0.key] != nil }.map { "\($0.value) \(headline[$0.key]!)" }
                 .joined(separator: ", ")
             charts.append(("tokens-per-second-\(i + 1)",

@@ -93,7 +93,7 @@ final class ReportTests: XCTestCase {
     /// `kvc-bench capsule --budget-mb 15 24`: one row per method and budget, the budgets listed in the regime.
     func testBudgetSweepIsPlottedOverTheBudget() throws {
         let bench = try write("sweep-bench.json", """
-        {"regime":{"images":8,"budget_mb":[15,24]},"rows":[
+        {"regime":{"images":8,"budget_mb":[15,24],"weight_products":"bfloat16"},"rows":[
         {"method":"full","ratio":0,"budget_mb":15,"batch":1,"tps":150},{"method":"capsule-fused","ratio":0.6,"budget_mb":15,"batch":2,"tps":260},
         {"method":"full","ratio":0,"budget_mb":24,"batch":1,"tps":150},{"method":"capsule-fused","ratio":0.6,"budget_mb":24,"batch":3,"tps":330}]}
         """)
@@ -102,6 +102,7 @@ final class ReportTests: XCTestCase {
         XCTAssertEqual(chart.xLabel, "KV budget (MB)")
         XCTAssertEqual(chart.series.map { $0.points.map(\.x) }, [[15, 24], [15, 24]], "one line per method over the budgets")
         XCTAssertTrue(report.render().contains("budget_mb = 15, 24"), "the regime lists the budgets, not an array's description")
+        XCTAssertTrue(chart.title.contains("bfloat16 weight products"), "the title names the arithmetic: \(chart.title)")
     }
 
     func testChartMapsPointsIntoThePlotArea() {
