@@ -8,7 +8,7 @@ public enum WeightProducts: String, Sendable, CaseIterable {
     /// Dequantized weights and activations rounded to bfloat16 (8 significant bits; float32 range, so the hidden
     /// states' outlier channels keep their size), summed in float32 by `vdpbf16ps`: one instruction per vector and
     /// block instead of two and a half, so each extra sequence of a batch costs less than half as much. Needs
-    /// AVX-512 BF16 (`BFloat16Tile.supported`).
+    /// AVX-512 BF16 (`BFloat16Tile.supported`); without it `LlamaModel.weightProducts` stays float32.
     case bfloat16
 }
 

@@ -22,9 +22,12 @@ public final class LlamaModel: @unchecked Sendable {
     /// Threads for the decode kernels (matrix-vector products and attention). Prefill uses BLAS's threads
     /// (`BLAS.threads`).
     public var threads: Int
-    /// Arithmetic of the decode steps' weight products (float32 unless a caller opts into bfloat16, where the CPU
-    /// has it; see `WeightProducts`).
-    public var weightProducts: WeightProducts = .float32
+    /// Arithmetic of the decode steps' weight products (float32 unless a caller opts into bfloat16; see
+    /// `WeightProducts`). On a CPU without AVX-512 BF16 a request for bfloat16 leaves float32 here, so callers that
+    /// record the setting read back what runs.
+    public var weightProducts: WeightProducts = .float32 {
+        didSet { if weightProducts == .bfloat16 && !BFloat16Tile.supported { weightProducts = .float32 } }
+    }
     /// Wall-clock seconds `init` took (reading, dequantizing and copying the weights).
     public let loadSeconds: Double
 

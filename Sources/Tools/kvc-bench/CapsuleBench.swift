@@ -204,7 +204,7 @@ struct CapsuleBench: ParsableCommand {
         let regime = Regime(images: images, contextTokens: workload.contextTokens, decodeTokens: decodeTokens,
                             budgetMb: budgetMB, threads: threads, cores: ProcessInfo.processInfo.activeProcessorCount,
                             loadAverage: loadAverage, loadAverageEnd: SystemLoad.oneMinute(), question: question,
-                            rounds: rounds, weightProducts: weightProducts.rawValue)
+                            rounds: rounds, weightProducts: llama.weightProducts.rawValue)
         try print(report: Report(regime: regime, rows: rows))
     }
 
