@@ -6,7 +6,7 @@
 #   3. tokens/s under KV memory budgets, full float16 cache vs capsules, 8-image prompts, bfloat16 weight products
 #      for every method -> $OUT/bench-capsule-budgets.json
 #   4. one HTML page with the tables, verdicts and plots (kvc-report) -> $OUT/report.html, $OUT/report.md
-# Session 7 on the 2-core machine: 49 min with the defaults (the machine otherwise idle).
+# Session 7 on the 2-core machine: 52 min with the defaults after a 2 min build (a test run shared the cores for 8 min).
 # Environment: QUESTIONS (default 60), MULTI_QUESTIONS (default 48), ROUNDS (default 7), BUDGETS (MB, default
 # "15 18 22 25 28 30 36 42 48 56 64"), WEIGHT_PRODUCTS (bfloat16 or float32; default bfloat16 where the CPU has
 # AVX-512 BF16, else float32), OUT (default runs/sweep). Each sweep file resumes where it stopped.
