@@ -35,20 +35,9 @@ final class BFloat16Tile {
     /// Segments with no block kernel (F16, F32 rows) take the float32 single-vector kernel on the original `source`.
     func rows(_ w: WeightMatrix, _ range: Range<Int>, vectors: Range<Int>, source: UnsafePointer<Float>,
               blockSums: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
-        let blocks = w.cols / 32
-        for segment in w.segments {
-            let lo = max(range.lowerBound, segment.rows.lowerBound), hi = min(range.upperBound, segment.rows.upperBound)
-            guard lo < hi else { continue }
-            guard let code = WideTile.code(segment.format) else {
-                for i in vectors {
-                    BlockMatVec.rows(w, lo..<hi, x: source + i * cols, blockSums: blockSums + i * blocks, y: y + i * w.rows)
-                }
-                continue
-            }
-            let first = UnsafeRawPointer(segment.data) + (lo - segment.rows.lowerBound) * segment.rowBytes
-            kvc_bf16_tile(code, first.assumingMemoryBound(to: UInt8.self), hi - lo, segment.rowBytes, blocks,
-                          x + vectors.lowerBound * cols, cols, y + vectors.lowerBound * w.rows + lo, w.rows,
-                          Int32(vectors.count))
+        BlockMatMat.tileSegments(w, range, vectors: vectors, x: source, blockSums: blockSums, y: y) { code, first, rows, rowBytes in
+            kvc_bf16_tile(code, first, rows.count, rowBytes, w.cols / 32, x + vectors.lowerBound * cols, cols,
+                          y + vectors.lowerBound * w.rows + rows.lowerBound, w.rows, Int32(vectors.count))
         }
     }
 }

@@ -32,52 +32,66 @@ enum BlockMatMat {
         // Chunks of about 64 KB of weights, at least a few per thread.
         let chunks = max(1, min(w.rows / 16, max(threads * BlockMatVec.chunksPerThread, w.blockBytes / 65_536)))
         let chunk = (w.rows + chunks - 1) / chunks
-        if products == .bfloat16 && BFloat16Tile.supported {
-            let tile = BFloat16Tile(x: x, count: count, cols: cols)
-            let passes = (count + WideTile.capacity - 1) / WideTile.capacity
-            let perform: (Int) -> Void = { c in
-                let lo = c * chunk, hi = min(w.rows, lo + chunk)
-                guard lo < hi else { return }
-                for pass in 0..<passes {
-                    tile.rows(w, lo..<hi, vectors: (pass * count / passes)..<((pass + 1) * count / passes), source: x,
-                              blockSums: sums, y: y)
+        let eachChunk = { (body: (Range<Int>) -> Void) in
+            withoutActuallyEscaping(body) { body in
+                let perform: (Int) -> Void = { c in
+                    let lo = c * chunk, hi = min(w.rows, lo + chunk)
+                    if lo < hi { body(lo..<hi) }
+                }
+                if threads > 1 && chunks > 1 {
+                    DecodeThreadPool.shared(threads: threads).run(chunks: chunks, perform)
+                } else {
+                    for c in 0..<chunks { perform(c) }
                 }
             }
-            parallel(chunks: chunks, threads: threads, perform)
+        }
+        if products == .bfloat16 && BFloat16Tile.supported {
+            let tile = BFloat16Tile(x: x, count: count, cols: cols)
+            let passes = Self.passes(count, of: WideTile.capacity)
+            eachChunk { rows in
+                for vectors in passes { tile.rows(w, rows, vectors: vectors, source: x, blockSums: sums, y: y) }
+            }
             return
         }
         if WideTile.enabled {
-            // Up to 16 vectors a pass, spread evenly (AVX-512, two vectors a register).
-            let passes = (count + WideTile.capacity - 1) / WideTile.capacity
-            let tiles = (0..<passes).map {
-                WideTile(vectors: ($0 * count / passes)..<(($0 + 1) * count / passes), x: x, cols: cols, blockSums: sums)
+            // Up to 16 vectors a pass (AVX-512, two vectors a register).
+            let tiles = Self.passes(count, of: WideTile.capacity).map { WideTile(vectors: $0, x: x, cols: cols, blockSums: sums) }
+            eachChunk { rows in
+                for tile in tiles { tile.rows(w, rows, x: x, blockSums: sums, y: y) }
             }
-            let perform: (Int) -> Void = { c in
-                let lo = c * chunk, hi = min(w.rows, lo + chunk)
-                guard lo < hi else { return }
-                for tile in tiles { tile.rows(w, lo..<hi, x: x, blockSums: sums, y: y) }
-            }
-            parallel(chunks: chunks, threads: threads, perform)
             return
         }
-        let perform: (Int) -> Void = { c in
-            let lo = c * chunk, hi = min(w.rows, lo + chunk)
-            guard lo < hi else { return }
-            // As few passes over the chunk as tiles of four allow, the vectors spread evenly over them (9 = 3+3+3,
-            // not 4+4+1: a lone vector leaves its pass latency-bound on one accumulator chain).
-            let passes = (count + tile - 1) / tile
-            for pass in 0..<passes {
-                rows(w, lo..<hi, x: x, blockSums: sums, vectors: (pass * count / passes)..<((pass + 1) * count / passes), y: y)
-            }
+        // A lone vector leaves its pass latency-bound on one accumulator chain, hence 9 = 3+3+3, not 4+4+1.
+        let passes = Self.passes(count, of: tile)
+        eachChunk { rows in
+            for vectors in passes { Self.rows(w, rows, x: x, blockSums: sums, vectors: vectors, y: y) }
         }
-        parallel(chunks: chunks, threads: threads, perform)
     }
 
-    private static func parallel(chunks: Int, threads: Int, _ perform: (Int) -> Void) {
-        if threads > 1 && chunks > 1 {
-            DecodeThreadPool.shared(threads: threads).run(chunks: chunks, perform)
-        } else {
-            for c in 0..<chunks { perform(c) }
+    /// `count` vectors in as few passes of at most `capacity` as possible, spread evenly over them.
+    static func passes(_ count: Int, of capacity: Int) -> [Range<Int>] {
+        let n = (count + capacity - 1) / capacity
+        return (0..<n).map { ($0 * count / n)..<(($0 + 1) * count / n) }
+    }
+
+    /// Walks the segments of `w` overlapping `range`: `kernel(format code, first row's blocks, rows, row bytes)` where the
+    /// AVX-512 tile kernels read the format, the float32 single-vector kernel for each of `vectors` otherwise (F16,
+    /// F32 rows; `x` float32 `[count][cols]`, `y` `[count][w.rows]`).
+    static func tileSegments(_ w: WeightMatrix, _ range: Range<Int>, vectors: Range<Int>, x: UnsafePointer<Float>,
+                             blockSums: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,
+                             kernel: (Int32, UnsafePointer<UInt8>, Range<Int>, Int) -> Void) {
+        let blocks = w.cols / 32
+        for segment in w.segments {
+            let lo = max(range.lowerBound, segment.rows.lowerBound), hi = min(range.upperBound, segment.rows.upperBound)
+            guard lo < hi else { continue }
+            guard let code = WideTile.code(segment.format) else {
+                for i in vectors {
+                    BlockMatVec.rows(w, lo..<hi, x: x + i * w.cols, blockSums: blockSums + i * blocks, y: y + i * w.rows)
+                }
+                continue
+            }
+            let first = UnsafeRawPointer(segment.data) + (lo - segment.rows.lowerBound) * segment.rowBytes
+            kernel(code, first.assumingMemoryBound(to: UInt8.self), lo..<hi, segment.rowBytes)
         }
     }
 

@@ -61,19 +61,9 @@ final class WideTile {
     /// Rows `range` of `w` times this tile's vectors into `y` `[count][w.rows]`.
     func rows(_ w: WeightMatrix, _ range: Range<Int>, x: UnsafePointer<Float>, blockSums: UnsafePointer<Float>,
               y: UnsafeMutablePointer<Float>) {
-        let blocks = w.cols / 32
-        for segment in w.segments {
-            let lo = max(range.lowerBound, segment.rows.lowerBound), hi = min(range.upperBound, segment.rows.upperBound)
-            guard lo < hi else { continue }
-            guard let code = Self.code(segment.format) else {
-                for i in vectors {
-                    BlockMatVec.rows(w, lo..<hi, x: x + i * w.cols, blockSums: blockSums + i * blocks, y: y + i * w.rows)
-                }
-                continue
-            }
-            let first = UnsafeRawPointer(segment.data) + (lo - segment.rows.lowerBound) * segment.rowBytes
-            kvc_wide_tile(code, first.assumingMemoryBound(to: UInt8.self), hi - lo, segment.rowBytes, blocks, xPairs, sums,
-                          y + vectors.lowerBound * w.rows + lo, w.rows, Int32(vectors.count))
+        BlockMatMat.tileSegments(w, range, vectors: vectors, x: x, blockSums: blockSums, y: y) { code, first, rows, rowBytes in
+            kvc_wide_tile(code, first, rows.count, rowBytes, w.cols / 32, xPairs, sums,
+                          y + vectors.lowerBound * w.rows + rows.lowerBound, w.rows, Int32(vectors.count))
         }
     }
 }
